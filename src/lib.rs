@@ -1,0 +1,50 @@
+//! # gamerelay
+//!
+//! An authoritative game-state relay: game clients connect over WebSocket, speak binary
+//! MessagePack frames (protocol v1, `docs/PROTOCOL.md`), join rooms, and change each room's
+//! state document with ops that the room's node validates, sequences and fans out as deltas.
+//!
+//! ## Layout (the map of the crate)
+//!
+//! ```text
+//! protocol/   messages, codec, error/close codes, state values + canonical hash. No I/O.
+//!             Always compiled; the Rust client and the load generator share it.
+//! config.rs   every setting: clap flags + env vars, validated before anything binds.
+//! telemetry/  tracing subscriber, Prometheus recorder, metric names as constants.
+//! room/       rooms: state + ops (no I/O), room types (doc, arena), the per-room actor
+//!             that sequences changes and fans out, the registry of live rooms.
+//! backplane/  the seam where durability and cross-node fan-out plug in. Today: the
+//!             embedded single-node store. The Redis cluster backplane plugs in here.
+//! session/    one task per WebSocket connection: handshake, join/resume, reading ops,
+//!             the bounded outbound queue and its writer, keepalive, close codes.
+//! gateway.rs  HTTP routes: /ws upgrade, /healthz, /readyz, /metrics.
+//! server.rs   wires it together: `Server::bind` then `run` until a shutdown signal.
+//! ```
+//!
+//! ## Data flow
+//!
+//! ```text
+//! client --frame--> session task --RoomCmd (bounded mpsc)--> room actor
+//!    room actor: validate + apply (room type) -> seq+1 -> backplane.commit -> encode once
+//!    room actor --Bytes (bounded outbox per member)--> writer task --frame--> every member
+//! ```
+//!
+//! A room is one task owning its state: unrelated rooms never share a lock. The delta of a
+//! change is encoded once and the same bytes are queued for every member.
+
+pub mod protocol;
+
+#[cfg(feature = "server")]
+pub mod backplane;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod gateway;
+#[cfg(feature = "server")]
+pub mod room;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod session;
+#[cfg(feature = "server")]
+pub mod telemetry;
