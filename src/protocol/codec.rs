@@ -75,12 +75,20 @@ mod tests {
                 seq,
                 cid: Some(seq),
                 by: Some("p".into()),
-                ops: vec![Op::Set { path: "a".into(), value: Doc::Int(seq as i64) }],
+                ops: vec![Op::Set {
+                    path: "a".into(),
+                    value: Doc::Int(seq as i64),
+                }],
             })
         };
         let parts = [encode(&d(1)), encode(&d(2))];
         let frame = batch_frame(parts.iter());
-        assert_eq!(decode_server(&frame).map_err(|e| e.to_string()), Ok(ServerMsg::Batch { msgs: vec![d(1), d(2)] }));
+        assert_eq!(
+            decode_server(&frame).map_err(|e| e.to_string()),
+            Ok(ServerMsg::Batch {
+                msgs: vec![d(1), d(2)]
+            })
+        );
     }
 
     #[test]

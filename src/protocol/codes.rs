@@ -103,7 +103,10 @@ impl ErrorCode {
 
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal)
+        matches!(
+            self,
+            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+        )
     }
 }
 

@@ -459,7 +459,10 @@ mod tests {
         assert_eq!(Doc::number(-0.0), Ok(Doc::Int(0)));
         assert_eq!(Doc::number(2.5), Ok(Doc::Float(2.5)));
         // f64 3.0 on the wire decodes to the integer 3.
-        assert_eq!(decode(&[0xcb, 0x40, 0x08, 0, 0, 0, 0, 0, 0]).ok(), Some(Doc::Int(3)));
+        assert_eq!(
+            decode(&[0xcb, 0x40, 0x08, 0, 0, 0, 0, 0, 0]).ok(),
+            Some(Doc::Int(3))
+        );
     }
 
     #[test]

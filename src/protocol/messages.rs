@@ -185,7 +185,10 @@ pub enum ServerMsg {
         cid: u64,
     },
     /// Acknowledges an op batch whose delta is not (or no longer) coming, e.g. a retried cid.
-    Ack { cid: u64, seq: u64 },
+    Ack {
+        cid: u64,
+        seq: u64,
+    },
     /// Refuses an op batch; none of its ops were applied.
     Reject {
         cid: u64,
@@ -217,5 +220,7 @@ pub enum ServerMsg {
         message: String,
     },
     /// Several messages in one frame, to be handled in order.
-    Batch { msgs: Vec<ServerMsg> },
+    Batch {
+        msgs: Vec<ServerMsg>,
+    },
 }

@@ -1,0 +1,84 @@
+//! HTTP routes of a node: `GET /ws` (the WebSocket upgrade), `GET /healthz` (the process
+//! is alive), `GET /readyz` (it accepts new players: 503 while draining), `GET /metrics`
+//! (Prometheus text). Owns the connection limit; everything after the upgrade belongs to
+//! [`crate::session`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics::{counter, gauge};
+
+use crate::server::Node;
+use crate::session;
+use crate::telemetry::{self, names};
+
+/// The node's router.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(node)
+}
+
+async fn upgrade(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if node.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is draining; connect to another node",
+        )
+            .into_response();
+    }
+    let Some(slot) = node.connection_slot() else {
+        counter!(names::CONNECTIONS_REFUSED).increment(1);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is at its connection limit",
+        )
+            .into_response();
+    };
+    let max = node.config.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = node.tracker.clone();
+            tracker.track_future(async move {
+                counter!(names::CONNECTIONS_OPENED).increment(1);
+                gauge!(names::CONNECTIONS).increment(1.0);
+                session::run(socket, node, peer).await;
+                gauge!(names::CONNECTIONS).decrement(1.0);
+                drop(slot);
+            })
+        })
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        format!("ready: backplane={}\n", node.backplane.kind()).into_response()
+    }
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry::prometheus().render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,207 @@
+//! Wires a node together: configuration, the backplane, the room registry, the HTTP
+//! listener, and shutdown. `main.rs` only parses flags and calls [`Server::bind`] and
+//! [`Server::run`]; tests do the same on port 0.
+//!
+//! Shutdown: when the future given to `run` completes, `/readyz` turns 503, the listener
+//! stops accepting, every session closes its client with 1012 and a jittered `retry_ms`
+//! hint, and `run` returns once all connections and rooms are done or `--drain-timeout-ms`
+//! has passed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backplane::embedded::EmbeddedBackplane;
+use crate::backplane::Backplane;
+use crate::config::{Config, ConfigError};
+use crate::gateway;
+use crate::room::{Registry, RoomDeps};
+use crate::telemetry::{self, HotMetrics};
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What every task of the node shares.
+pub struct Node {
+    pub config: Arc<Config>,
+    pub node_id: String,
+    pub registry: Registry,
+    pub backplane: Arc<dyn Backplane>,
+    pub metrics: HotMetrics,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+    /// Every connection and room task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    connections: Arc<AtomicUsize>,
+    next_conn: AtomicU64,
+    draining: AtomicBool,
+}
+
+/// Held by a connection while it counts against `--max-connections`.
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Node {
+    /// A connection id unique within this process.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a connection slot, or `None` at the limit.
+    pub fn connection_slot(&self) -> Option<ConnectionSlot> {
+        let max = self.config.max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(self.connections.clone()))
+    }
+
+    /// Whether the node is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// A jittered reconnect delay for clients of a node going away, so they do not all
+    /// reconnect at the same instant.
+    pub fn reconnect_hint_ms(&self) -> u64 {
+        use rand::Rng;
+        rand::rng().random_range(0..=self.config.reconnect_hint_ms)
+    }
+}
+
+/// A bound, not yet running node.
+pub struct Server {
+    listener: TcpListener,
+    node: Arc<Node>,
+}
+
+impl Server {
+    /// Validates `config` and binds the listener. Nothing is served until [`Server::run`].
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let config = Arc::new(config);
+        let node_id = config.node_id.clone().unwrap_or_else(|| {
+            use rand::Rng;
+            format!("node-{:06x}", rand::rng().random_range(0..0x100_0000u32))
+        });
+        let backplane: Arc<dyn Backplane> = Arc::new(EmbeddedBackplane::new());
+        let metrics = HotMetrics::new();
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let deps = {
+            let (config, backplane, metrics, shutdown) = (
+                config.clone(),
+                backplane.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            move || RoomDeps {
+                config: config.clone(),
+                backplane: backplane.clone(),
+                metrics: metrics.clone(),
+                shutdown: shutdown.clone(),
+            }
+        };
+        let registry = Registry::new(deps, tracker.clone(), config.max_rooms, config.room_mailbox);
+        metrics::gauge!(telemetry::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.clone())
+            .set(1.0);
+        let node = Node {
+            config,
+            node_id,
+            registry,
+            backplane,
+            metrics,
+            shutdown,
+            tracker,
+            connections: Arc::new(AtomicUsize::new(0)),
+            next_conn: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+        };
+        Ok(Server {
+            listener,
+            node: Arc::new(node),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.node.config.listen)
+    }
+
+    /// The node's shared state (tests read it).
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains (see the module docs).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let node = self.node;
+        tracing::info!(
+            listen = %self.listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+            node = %node.node_id,
+            backplane = node.backplane.kind(),
+            "gamerelay node serving"
+        );
+        let app = gateway::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let signal = {
+            let node = node.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: closing connections with 1012");
+                node.draining.store(true, Ordering::Release);
+                node.shutdown.cancel();
+            }
+        };
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(signal)
+            .await;
+        node.shutdown.cancel();
+        node.tracker.close();
+        if tokio::time::timeout(node.config.drain_timeout(), node.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = node.tracker.len(),
+                "drain timeout: exiting with tasks still running"
+            );
+        }
+        tracing::info!("node stopped");
+        served.map_err(ServerError::Serve)
+    }
+}

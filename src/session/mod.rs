@@ -1,0 +1,403 @@
+//! One WebSocket connection: the handshake, join or resume, reading the client's frames,
+//! and writing the room's frames from a bounded queue.
+//!
+//! Each connection runs as a reader (this module's [`run`], the connection's task) and a
+//! writer task that owns the socket's sending half. They share a [`ConnControl`]: whoever
+//! decides the connection must end (the reader on a protocol error or timeout, the room on
+//! "replaced" or "slow consumer", the node on shutdown) records a close code there, and the
+//! writer sends what is still queued, then the close frame.
+//!
+//! The outbound queue is bounded (`--outbox-frames`). Rooms never wait on it: when it is
+//! full the room marks the member lagging and later sends one `resync` instead of the
+//! backlog. The reader does wait on it for its own replies (pong, errors), which pushes back
+//! on a client that sends faster than it reads.
+
+pub mod control;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use metrics::counter;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant as TokioInstant};
+use tracing::Instrument;
+
+use crate::protocol::{
+    decode_client, encode, ClientMsg, CloseCode, ErrorCode, Join, ServerMsg, PROTOCOL_VERSION,
+};
+use crate::room::{JoinRequest, MemberConn, PlayerId, RoomCmd, RoomHandle};
+use crate::server::Node;
+use crate::telemetry::names;
+pub use control::{CloseReason, ConnControl};
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn run(socket: WebSocket, node: Arc<Node>, peer: SocketAddr) {
+    let id = node.next_conn_id();
+    let span = tracing::debug_span!("conn", id, %peer);
+    async move {
+        let (sink, stream) = socket.split();
+        let (outbox, queue) = mpsc::channel(node.config.outbox_frames);
+        let control = Arc::new(ConnControl::new());
+        let writer = tokio::spawn(
+            writer::run(
+                sink,
+                queue,
+                control.clone(),
+                node.config.ping_interval(),
+                node.metrics.clone(),
+            )
+            .in_current_span(),
+        );
+        let mut session = Session {
+            conn: MemberConn {
+                id,
+                outbox,
+                control: control.clone(),
+            },
+            node: node.clone(),
+            hello: false,
+            joined: None,
+            left: false,
+            bad_frames: 0,
+            last_rx: Instant::now(),
+        };
+        session.read(stream).await;
+        if let (Some((room, player)), false) = (&session.joined, session.left) {
+            let _ = room
+                .tx
+                .send(RoomCmd::Detach {
+                    player: player.clone(),
+                    conn: id,
+                })
+                .await;
+        }
+        drop(session);
+        let _ = writer.await;
+        let reason = control.reason().map_or("unknown", |r| r.label());
+        counter!(names::CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+        tracing::debug!(reason, "connection closed");
+    }
+    .instrument(span)
+    .await
+}
+
+/// What the reader knows about its connection.
+struct Session {
+    conn: MemberConn,
+    node: Arc<Node>,
+    /// `hello` was received and accepted.
+    hello: bool,
+    /// The room joined and the player this connection speaks for.
+    joined: Option<(RoomHandle, PlayerId)>,
+    /// The player left the room (no Detach needed).
+    left: bool,
+    /// Malformed frames so far.
+    bad_frames: u32,
+    /// When the last frame of any kind arrived.
+    last_rx: Instant,
+}
+
+/// Whether to keep reading.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Session {
+    fn control(&self) -> &ConnControl {
+        &self.conn.control
+    }
+
+    /// Reads frames until the connection must end; the close reason is in the control.
+    async fn read(&mut self, mut stream: futures_util::stream::SplitStream<WebSocket>) {
+        let config = self.node.config.clone();
+        let handshake_deadline = Instant::now() + config.handshake_timeout();
+        let shutdown = self.node.shutdown.clone();
+        let control = self.conn.control.clone();
+        // One timer, re-armed only when it fires, rather than one per frame.
+        let timer = sleep_until(TokioInstant::from_std(
+            handshake_deadline.min(self.last_rx + config.idle_timeout()),
+        ));
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                _ = control.closed() => return,
+                _ = shutdown.cancelled() => {
+                    let hint = self.node.reconnect_hint_ms();
+                    control.close(CloseCode::ServiceRestart, format!("retry_ms={hint}"));
+                    return;
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if self.joined.is_none() && now >= handshake_deadline {
+                        control.close(CloseCode::HandshakeTimeout, "no hello and join in time");
+                        return;
+                    }
+                    let idle_at = self.last_rx + config.idle_timeout();
+                    if now >= idle_at {
+                        control.close(CloseCode::IdleTimeout, "nothing received in time");
+                        return;
+                    }
+                    let next = if self.joined.is_none() { idle_at.min(handshake_deadline) } else { idle_at };
+                    timer.as_mut().reset(TokioInstant::from_std(next));
+                }
+                frame = stream.next() => {
+                    self.last_rx = Instant::now();
+                    let flow = match frame {
+                        None => { control.gone("client_gone"); Flow::Stop }
+                        Some(Err(e)) => { self.read_error(e); Flow::Stop }
+                        Some(Ok(Message::Binary(bytes))) => {
+                            self.node.metrics.bytes_in.increment(bytes.len() as u64);
+                            self.frame(&bytes).await
+                        }
+                        Some(Ok(Message::Text(_))) => {
+                            self.bad_frame(ErrorCode::BadFrame, "text frames are not part of the protocol; send binary MessagePack".into()).await
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                        Some(Ok(Message::Close(_))) => { control.gone("client_closed"); Flow::Stop }
+                    };
+                    if let Flow::Stop = flow {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_error(&self, e: axum::Error) {
+        let too_large = e
+            .into_inner()
+            .downcast_ref::<tungstenite::Error>()
+            .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
+        if too_large {
+            counter!(names::BAD_FRAMES, "code" => "frame_too_large").increment(1);
+            let max = self.node.config.max_frame_bytes;
+            self.control()
+                .close(CloseCode::FrameTooLarge, format!("max {max} bytes"));
+        } else {
+            self.control().gone("socket_error");
+        }
+    }
+
+    /// Queues a reply for this client, waiting for room in the queue unless the
+    /// connection is closing.
+    async fn send(&self, msg: &ServerMsg) {
+        let frame = encode(msg);
+        tokio::select! {
+            _ = self.conn.outbox.send(frame) => {}
+            _ = self.conn.control.closed() => {}
+        }
+    }
+
+    async fn error(&self, code: ErrorCode, message: String) {
+        self.send(&ServerMsg::Error {
+            code: code.as_str().to_owned(),
+            message,
+        })
+        .await;
+    }
+
+    async fn bad_frame(&mut self, code: ErrorCode, message: String) -> Flow {
+        counter!(names::BAD_FRAMES, "code" => code.as_str()).increment(1);
+        counter!(names::FRAMES_IN, "kind" => "invalid").increment(1);
+        self.bad_frames += 1;
+        self.error(code, message).await;
+        if self.bad_frames > self.node.config.max_bad_frames {
+            self.control()
+                .close(CloseCode::ProtocolError, "too many malformed frames");
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    async fn frame(&mut self, bytes: &Bytes) -> Flow {
+        let msg = match decode_client(bytes) {
+            Ok(msg) => msg,
+            Err(e) => return self.bad_frame(ErrorCode::BadFrame, e.to_string()).await,
+        };
+        counter!(names::FRAMES_IN, "kind" => kind(&msg)).increment(1);
+        if !self.hello {
+            return self.hello(msg).await;
+        }
+        match msg {
+            ClientMsg::Hello { .. } => {
+                self.error(
+                    ErrorCode::HandshakeRequired,
+                    "hello was already received".into(),
+                )
+                .await;
+                Flow::Continue
+            }
+            ClientMsg::Join(join) => self.join(join).await,
+            ClientMsg::Ping { id } => {
+                self.send(&ServerMsg::Pong {
+                    id,
+                    time: unix_ms(),
+                })
+                .await;
+                Flow::Continue
+            }
+            ClientMsg::Ops { cid, ops } => {
+                let Some((room, player)) = &self.joined else {
+                    let message = "join a room before sending ops".to_owned();
+                    let reject = ServerMsg::Reject {
+                        cid,
+                        code: ErrorCode::NotJoined.as_str().into(),
+                        message,
+                    };
+                    self.send(&reject).await;
+                    return Flow::Continue;
+                };
+                let cmd = RoomCmd::Ops {
+                    player: player.clone(),
+                    conn: self.conn.id,
+                    cid,
+                    ops,
+                    received: Instant::now(),
+                };
+                self.to_room(room.clone(), cmd).await
+            }
+            ClientMsg::Msg { to, data } => {
+                let Some((room, player)) = &self.joined else {
+                    self.error(
+                        ErrorCode::NotJoined,
+                        "join a room before sending messages".into(),
+                    )
+                    .await;
+                    return Flow::Continue;
+                };
+                let cmd = RoomCmd::Msg {
+                    player: player.clone(),
+                    conn: self.conn.id,
+                    to,
+                    data,
+                };
+                self.to_room(room.clone(), cmd).await
+            }
+            ClientMsg::Leave => {
+                let Some((room, player)) = &self.joined else {
+                    self.control().close(CloseCode::Normal, "");
+                    return Flow::Stop;
+                };
+                let cmd = RoomCmd::Leave {
+                    player: player.clone(),
+                    conn: self.conn.id,
+                };
+                self.left = true;
+                // The room closes the connection (1000) once the player is removed.
+                self.to_room(room.clone(), cmd).await
+            }
+        }
+    }
+
+    async fn hello(&mut self, msg: ClientMsg) -> Flow {
+        match msg {
+            ClientMsg::Hello { v, client } if v == PROTOCOL_VERSION => {
+                self.hello = true;
+                tracing::debug!(client = client.as_deref().unwrap_or("-"), "hello");
+                let config = &self.node.config;
+                self.send(&ServerMsg::Welcome {
+                    v: PROTOCOL_VERSION,
+                    node: self.node.node_id.clone(),
+                    time: unix_ms(),
+                    max_frame: config.max_frame_bytes as u64,
+                    max_ops: config.max_ops_per_batch as u64,
+                })
+                .await;
+                Flow::Continue
+            }
+            ClientMsg::Hello { v, .. } => {
+                let message =
+                    format!("this node speaks protocol version {PROTOCOL_VERSION}, not {v}");
+                self.error(ErrorCode::UnsupportedVersion, message).await;
+                self.control().close(
+                    CloseCode::UnsupportedVersion,
+                    format!("v{PROTOCOL_VERSION} only"),
+                );
+                Flow::Stop
+            }
+            _ => {
+                self.error(
+                    ErrorCode::HandshakeRequired,
+                    "the first frame must be hello".into(),
+                )
+                .await;
+                self.control().close(CloseCode::ProtocolError, "no hello");
+                Flow::Stop
+            }
+        }
+    }
+
+    async fn join(&mut self, join: Join) -> Flow {
+        if self.joined.is_some() {
+            self.error(
+                ErrorCode::AlreadyJoined,
+                "this connection already joined a room".into(),
+            )
+            .await;
+            return Flow::Continue;
+        }
+        let req = JoinRequest {
+            conn: self.conn.clone(),
+            session: join.session,
+            epoch: join.epoch,
+            seq: join.seq,
+        };
+        match self
+            .node
+            .registry
+            .join(&join.room, &join.room_type, req)
+            .await
+        {
+            Ok(joined) => {
+                tracing::debug!(room = %join.room, player = %joined.player, "joined");
+                self.joined = Some((joined.room, joined.player));
+            }
+            Err(refusal) => self.error(refusal.code, refusal.message).await,
+        }
+        Flow::Continue
+    }
+
+    /// Hands a command to the room, waiting if its mailbox is full (backpressure).
+    async fn to_room(&self, room: RoomHandle, cmd: RoomCmd) -> Flow {
+        tokio::select! {
+            sent = room.tx.send(cmd) => {
+                if sent.is_err() {
+                    // The room stopped under a member: only after a failure. Reconnecting
+                    // gets the client a fresh start.
+                    self.control().close(CloseCode::InternalError, "room stopped");
+                    return Flow::Stop;
+                }
+                Flow::Continue
+            }
+            _ = self.conn.control.closed() => Flow::Stop,
+        }
+    }
+}
+
+/// The metric label of a client message.
+fn kind(msg: &ClientMsg) -> &'static str {
+    match msg {
+        ClientMsg::Hello { .. } => "hello",
+        ClientMsg::Join(_) => "join",
+        ClientMsg::Ops { .. } => "ops",
+        ClientMsg::Msg { .. } => "msg",
+        ClientMsg::Ping { .. } => "ping",
+        ClientMsg::Leave => "leave",
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Upper bound on how long a closing connection may spend flushing its queue.
+pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);

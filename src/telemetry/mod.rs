@@ -1,0 +1,150 @@
+//! Logs and metrics: the tracing subscriber, the process-wide Prometheus recorder, and the
+//! pre-registered metric handles used on hot paths. Metric names live in [`names`].
+
+pub mod names;
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::config::{Config, LogFormat};
+
+/// Installs the tracing subscriber (human or JSON). Safe to call more than once.
+pub fn init_tracing(config: &Config) {
+    let Ok(filter) = config.log_filter() else {
+        return;
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    let _ = match config.log_format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Several servers in one
+/// process (tests) share it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ],
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_bytes".into()),
+                    &[
+                        64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+                    ],
+                )
+            })
+            .map(|b| b.build_recorder())
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed (an embedding application's); then
+        // our handle renders an empty page rather than taking the process down.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use names::*;
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections");
+    describe_counter!(CONNECTIONS_OPENED, "WebSocket connections accepted");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "WebSocket connections closed, by reason"
+    );
+    describe_counter!(CONNECTIONS_REFUSED, "Upgrades refused at --max-connections");
+    describe_gauge!(ROOMS, "Live rooms on this node");
+    describe_counter!(ROOMS_CREATED, "Rooms created, by type");
+    describe_counter!(ROOMS_DISPOSED, "Rooms disposed, by type");
+    describe_gauge!(
+        PLAYERS,
+        "Players in rooms on this node, connected or within grace"
+    );
+    describe_counter!(FRAMES_IN, "Frames received, by message kind");
+    describe_counter!(BYTES_IN, Unit::Bytes, "Bytes received in binary frames");
+    describe_counter!(FRAMES_OUT, "Frames written to sockets");
+    describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to sockets");
+    describe_counter!(OPS_ACCEPTED, "Op batches applied");
+    describe_counter!(OPS_REJECTED, "Op batches rejected, by error code");
+    describe_counter!(
+        OPS_DUPLICATE,
+        "Retried cids answered with their original ack"
+    );
+    describe_counter!(DELTAS, "Deltas sequenced");
+    describe_counter!(DELIVERIES, "Messages queued to members");
+    describe_histogram!(
+        FANOUT_SECONDS,
+        Unit::Seconds,
+        "Op received to delta queued to all members"
+    );
+    describe_histogram!(DELTA_BYTES, Unit::Bytes, "Encoded delta size, by room type");
+    describe_histogram!(
+        STATE_BYTES,
+        Unit::Bytes,
+        "Room state size at snapshots, by room type"
+    );
+    describe_counter!(JOINS, "Joins, by outcome");
+    describe_counter!(
+        SESSIONS_EXPIRED,
+        "Sessions expired after the reconnect grace"
+    );
+    describe_counter!(
+        SESSIONS_REPLACED,
+        "Connections replaced by a newer one for the same session"
+    );
+    describe_counter!(OUTBOX_DROPPED, "Messages dropped at a full outbound queue");
+    describe_counter!(RESYNCS, "Resync snapshots sent to lagging members");
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Members closed after lagging past the slow-consumer timeout"
+    );
+    describe_counter!(BAD_FRAMES, "Malformed frames, by error code");
+    describe_gauge!(BUILD_INFO, "Build information");
+}
+
+/// Metric handles registered once and cloned into tasks, so hot paths skip the registry.
+#[derive(Clone)]
+pub struct HotMetrics {
+    pub frames_out: Counter,
+    pub bytes_out: Counter,
+    pub bytes_in: Counter,
+    pub deltas: Counter,
+    pub deliveries: Counter,
+    pub ops_accepted: Counter,
+    pub fanout_seconds: Histogram,
+}
+
+impl HotMetrics {
+    /// Registers the handles (installing the recorder if needed).
+    pub fn new() -> HotMetrics {
+        prometheus();
+        HotMetrics {
+            frames_out: metrics::counter!(names::FRAMES_OUT),
+            bytes_out: metrics::counter!(names::BYTES_OUT),
+            bytes_in: metrics::counter!(names::BYTES_IN),
+            deltas: metrics::counter!(names::DELTAS),
+            deliveries: metrics::counter!(names::DELIVERIES),
+            ops_accepted: metrics::counter!(names::OPS_ACCEPTED),
+            fanout_seconds: metrics::histogram!(names::FANOUT_SECONDS),
+        }
+    }
+}
+
+impl Default for HotMetrics {
+    fn default() -> Self {
+        HotMetrics::new()
+    }
+}

@@ -1,0 +1,59 @@
+//! Every metric name, as a constant, so dashboards and alerts can be grepped against code.
+//! `docs/METRICS.md` describes each one. Labels never carry room or player ids.
+
+/// Gauge: open WebSocket connections.
+pub const CONNECTIONS: &str = "gamerelay_connections";
+/// Counter: connections accepted.
+pub const CONNECTIONS_OPENED: &str = "gamerelay_connections_opened_total";
+/// Counter: connections closed, by `reason` (a close-code reason or `client_closed`, `error`).
+pub const CONNECTIONS_CLOSED: &str = "gamerelay_connections_closed_total";
+/// Counter: upgrades refused because `--max-connections` was reached.
+pub const CONNECTIONS_REFUSED: &str = "gamerelay_connections_refused_total";
+/// Gauge: live rooms on this node.
+pub const ROOMS: &str = "gamerelay_rooms";
+/// Counter: rooms created, by `type`.
+pub const ROOMS_CREATED: &str = "gamerelay_rooms_created_total";
+/// Counter: rooms disposed, by `type`.
+pub const ROOMS_DISPOSED: &str = "gamerelay_rooms_disposed_total";
+/// Gauge: players in rooms on this node (connected or within grace).
+pub const PLAYERS: &str = "gamerelay_players";
+/// Counter: frames received, by `kind` (the message `t`, or `invalid`).
+pub const FRAMES_IN: &str = "gamerelay_frames_received_total";
+/// Counter: bytes received in binary frames.
+pub const BYTES_IN: &str = "gamerelay_received_bytes_total";
+/// Counter: frames written to sockets.
+pub const FRAMES_OUT: &str = "gamerelay_frames_sent_total";
+/// Counter: bytes written to sockets (frame payloads).
+pub const BYTES_OUT: &str = "gamerelay_sent_bytes_total";
+/// Counter: op batches applied.
+pub const OPS_ACCEPTED: &str = "gamerelay_op_batches_accepted_total";
+/// Counter: op batches rejected, by `code`.
+pub const OPS_REJECTED: &str = "gamerelay_op_batches_rejected_total";
+/// Counter: retried cids answered with their original ack (exactly-once at work).
+pub const OPS_DUPLICATE: &str = "gamerelay_op_batches_duplicate_total";
+/// Counter: deltas sequenced by rooms owned here.
+pub const DELTAS: &str = "gamerelay_deltas_total";
+/// Counter: messages queued to members (one per member per delta/presence/msg).
+pub const DELIVERIES: &str = "gamerelay_deliveries_total";
+/// Histogram (seconds): op batch received by the session -> its delta queued to every member.
+pub const FANOUT_SECONDS: &str = "gamerelay_fanout_latency_seconds";
+/// Histogram (bytes): encoded size of each delta, by `type`.
+pub const DELTA_BYTES: &str = "gamerelay_delta_size_bytes";
+/// Histogram (bytes): room state size at each snapshot sent to a client, by `type`.
+pub const STATE_BYTES: &str = "gamerelay_state_size_bytes";
+/// Counter: joins, by `outcome` (`new`, `resumed_deltas`, `resumed_snapshot`, `refused`).
+pub const JOINS: &str = "gamerelay_joins_total";
+/// Counter: sessions that expired at the end of the reconnect grace.
+pub const SESSIONS_EXPIRED: &str = "gamerelay_sessions_expired_total";
+/// Counter: connections closed because a newer connection resumed their session.
+pub const SESSIONS_REPLACED: &str = "gamerelay_sessions_replaced_total";
+/// Counter: messages dropped because a member's outbound queue was full.
+pub const OUTBOX_DROPPED: &str = "gamerelay_outbox_dropped_total";
+/// Counter: `resync` snapshots sent to members that fell behind.
+pub const RESYNCS: &str = "gamerelay_resyncs_total";
+/// Counter: members closed with 4102 after lagging past the slow-consumer timeout.
+pub const SLOW_CONSUMERS: &str = "gamerelay_slow_consumer_disconnects_total";
+/// Counter: malformed frames, by `code`.
+pub const BAD_FRAMES: &str = "gamerelay_bad_frames_total";
+/// Gauge: 1, with labels `version` and `node`.
+pub const BUILD_INFO: &str = "gamerelay_build_info";
