@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use gamerelay::config::Config;
 use gamerelay::protocol::{self, ClientMsg, Doc, Join, Op, ServerMsg, Snapshot};
 use gamerelay::server::Server;
-use clap::Parser;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -38,9 +38,18 @@ impl TestServer {
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            server.run(async { let _ = stopped.await; }).await.expect("server run");
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server run");
         });
-        TestServer { addr, stop: Some(stop), task: Some(task) }
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -53,7 +62,10 @@ impl TestServer {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task).await.expect("server stops in time").expect("server task");
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("server stops in time")
+                .expect("server task");
         }
     }
 }
@@ -70,6 +82,8 @@ pub struct Raw {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Messages of a received `batch` not yet handed out.
     buffered: VecDeque<ServerMsg>,
+    /// `batch` frames received so far.
+    pub batch_frames: usize,
 }
 
 /// What `joined` told a client.
@@ -84,8 +98,14 @@ pub struct JoinedInfo {
 
 impl Raw {
     pub async fn connect(server: &TestServer) -> Raw {
-        let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.expect("connect");
-        Raw { ws, buffered: VecDeque::new() }
+        let (ws, _) = tokio_tungstenite::connect_async(server.url())
+            .await
+            .expect("connect");
+        Raw {
+            ws,
+            buffered: VecDeque::new(),
+            batch_frames: 0,
+        }
     }
 
     pub async fn send(&mut self, msg: &ClientMsg) {
@@ -93,11 +113,17 @@ impl Raw {
     }
 
     pub async fn send_bytes(&mut self, bytes: impl Into<Bytes>) {
-        self.ws.send(Message::Binary(bytes.into())).await.expect("send frame");
+        self.ws
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("send frame");
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::Text(text.into())).await.expect("send text");
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send text");
     }
 
     /// The next message (batches are flattened) or the close, failing the test after [`WAIT`].
@@ -106,24 +132,41 @@ impl Raw {
             return Incoming::Msg(msg);
         }
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("a frame within the wait");
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within the wait");
             match next {
-                Some(Ok(Message::Binary(b))) => match protocol::decode_server(&b).expect("server frames decode") {
-                    ServerMsg::Batch { msgs } => {
-                        self.buffered.extend(msgs);
-                        if let Some(msg) = self.buffered.pop_front() {
-                            return Incoming::Msg(msg);
+                Some(Ok(Message::Binary(b))) => {
+                    match protocol::decode_server(&b).expect("server frames decode") {
+                        ServerMsg::Batch { msgs } => {
+                            self.batch_frames += 1;
+                            self.buffered.extend(msgs);
+                            if let Some(msg) = self.buffered.pop_front() {
+                                return Incoming::Msg(msg);
+                            }
                         }
+                        msg => return Incoming::Msg(msg),
                     }
-                    msg => return Incoming::Msg(msg),
-                },
+                }
                 Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
                     return Incoming::Closed { code, reason };
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Incoming::Closed { code: 1006, reason: e.to_string() },
-                None => return Incoming::Closed { code: 1006, reason: "stream ended".into() },
+                Some(Err(e)) => {
+                    return Incoming::Closed {
+                        code: 1006,
+                        reason: e.to_string(),
+                    }
+                }
+                None => {
+                    return Incoming::Closed {
+                        code: 1006,
+                        reason: "stream ended".into(),
+                    }
+                }
             }
         }
     }
@@ -156,7 +199,11 @@ impl Raw {
     }
 
     pub async fn hello(&mut self) {
-        self.send(&ClientMsg::Hello { v: 1, client: Some("tests".into()) }).await;
+        self.send(&ClientMsg::Hello {
+            v: 1,
+            client: Some("tests".into()),
+        })
+        .await;
         match self.msg().await {
             ServerMsg::Welcome { v: 1, .. } => {}
             other => panic!("expected welcome, got {other:?}"),
@@ -175,9 +222,20 @@ impl Raw {
     /// hello + join; panics unless joined.
     pub async fn join(&mut self, join: Join) -> JoinedInfo {
         match self.join_msg(join).await {
-            ServerMsg::Joined { player, session, resumed, cid, snapshot, .. } => {
-                JoinedInfo { player, session, resumed, cid, snapshot }
-            }
+            ServerMsg::Joined {
+                player,
+                session,
+                resumed,
+                cid,
+                snapshot,
+                ..
+            } => JoinedInfo {
+                player,
+                session,
+                resumed,
+                cid,
+                snapshot,
+            },
             other => panic!("expected joined, got {other:?}"),
         }
     }
@@ -198,7 +256,8 @@ impl Raw {
     /// arrives before it.
     pub async fn ping(&mut self, id: u64) {
         self.send(&ClientMsg::Ping { id }).await;
-        self.until(|m| matches!(m, ServerMsg::Pong { id: got, .. } if *got == id).then_some(())).await;
+        self.until(|m| matches!(m, ServerMsg::Pong { id: got, .. } if *got == id).then_some(()))
+            .await;
     }
 
     /// Drops the TCP connection without a WebSocket close handshake.
@@ -208,15 +267,25 @@ impl Raw {
 }
 
 pub fn new_join(room: &str, room_type: &str) -> Join {
-    Join { room: room.into(), room_type: room_type.into(), ..Join::default() }
+    Join {
+        room: room.into(),
+        room_type: room_type.into(),
+        ..Join::default()
+    }
 }
 
 pub fn set(path: &str, value: impl Into<Doc>) -> Op {
-    Op::Set { path: path.into(), value: value.into() }
+    Op::Set {
+        path: path.into(),
+        value: value.into(),
+    }
 }
 
 pub fn inc(path: &str, by: i32) -> Op {
-    Op::Inc { path: path.into(), by: Doc::from(by) }
+    Op::Inc {
+        path: path.into(),
+        by: Doc::from(by),
+    }
 }
 
 /// A client-side mirror: snapshot + deltas applied in seq order, as a real client does.
@@ -229,8 +298,16 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn from_snapshot(s: &Snapshot) -> Mirror {
-        assert_eq!(s.state.state_hash(), s.hash, "snapshot hash matches its state");
-        Mirror { epoch: s.epoch, seq: s.seq, state: s.state.clone() }
+        assert_eq!(
+            s.state.state_hash(),
+            s.hash,
+            "snapshot hash matches its state"
+        );
+        Mirror {
+            epoch: s.epoch,
+            seq: s.seq,
+            state: s.state.clone(),
+        }
     }
 
     /// Applies a delta, asserting G3: same epoch, exactly the next seq.
