@@ -481,6 +481,10 @@ fn messages() -> Vec<MsgVector> {
                 room: ROOM.into(),
                 snapshot: snapshot(1, 60, doc_room_state()),
                 cid: 6,
+                members: vec![MemberInfo {
+                    player: ME.into(),
+                    status: PresenceStatus::Joined,
+                }],
             },
         ),
         server(

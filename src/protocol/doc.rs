@@ -131,6 +131,15 @@ impl Doc {
         Some(at)
     }
 
+    /// Nesting depth: 0 for a scalar, 1 + the deepest element for arrays and maps.
+    pub fn depth(&self) -> usize {
+        match self {
+            Doc::Array(items) => 1 + items.iter().map(Doc::depth).max().unwrap_or(0),
+            Doc::Map(map) => 1 + map.values().map(Doc::depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// The canonical MessagePack encoding (see `docs/PROTOCOL.md`, "State hash"):
     /// map keys sorted by their encoded bytes (shorter keys first, then bytewise),
     /// integers in their shortest form, floats as f64.

@@ -183,6 +183,8 @@ pub enum ServerMsg {
         snapshot: Snapshot,
         /// The highest cid of this player applied so far.
         cid: u64,
+        /// Everyone in the room now (presence messages may have been skipped).
+        members: Vec<MemberInfo>,
     },
     /// Acknowledges an op batch whose delta is not (or no longer) coming, e.g. a retried cid.
     Ack {

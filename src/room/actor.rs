@@ -821,6 +821,7 @@ impl Room {
                 room: self.id.to_string(),
                 snapshot: self.snapshot(),
                 cid: m.last_cid,
+                members: self.member_list(),
             };
             if let Some(m) = self.members.get_mut(player) {
                 m.lagging_since = None;

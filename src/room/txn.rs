@@ -2,6 +2,7 @@
 //! it records the resolved ops that become the delta, and it rolls every edit back unless
 //! committed. No I/O.
 
+use crate::protocol::doc::MAX_DOC_DEPTH;
 use crate::protocol::path::{self, Path, PathError, Undo};
 use crate::protocol::{Doc, DocMap, ErrorCode, Op};
 
@@ -54,11 +55,21 @@ impl ParsedOp {
     /// Parses one wire op.
     pub fn parse(op: Op, limits: PathLimits) -> Result<ParsedOp, Refusal> {
         let parse = |p: &str| Path::parse_with(p, limits.max_depth, limits.max_key_bytes);
+        // The state as a whole must stay decodable by every client (MAX_DOC_DEPTH levels).
+        let fits = |path: &Path, value_depth: usize| -> Result<(), Refusal> {
+            if path.depth() + value_depth > MAX_DOC_DEPTH {
+                return Err(Refusal::bad_value(format!(
+                    "value at {path} would nest the state deeper than {MAX_DOC_DEPTH} levels"
+                )));
+            }
+            Ok(())
+        };
         Ok(match op {
-            Op::Set { path, value } => ParsedOp::Set {
-                path: parse(&path)?,
-                value,
-            },
+            Op::Set { path, value } => {
+                let path = parse(&path)?;
+                fits(&path, value.depth())?;
+                ParsedOp::Set { path, value }
+            }
             Op::Del { path } => ParsedOp::Del {
                 path: parse(&path)?,
             },
@@ -76,6 +87,7 @@ impl ParsedOp {
             Op::Merge { path, value } => match value {
                 Doc::Map(map) => {
                     let path = parse(&path)?;
+                    fits(&path, 1 + map.values().map(Doc::depth).max().unwrap_or(0))?;
                     if path.depth() >= limits.max_depth {
                         return Err(PathError::TooDeep {
                             depth: path.depth() + 1,
@@ -383,6 +395,23 @@ mod tests {
                 by: Doc::Int(1),
             }))
             .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadValue);
+    }
+
+    #[test]
+    fn values_that_would_make_the_state_too_deep_are_refused() {
+        let mut deep = Doc::Int(1);
+        for _ in 0..MAX_DOC_DEPTH {
+            deep = Doc::Array(vec![deep]);
+        }
+        let e = ParsedOp::parse(
+            Op::Set {
+                path: "a".into(),
+                value: deep,
+            },
+            LIMITS,
+        )
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadValue);
     }
 
