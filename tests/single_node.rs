@@ -127,7 +127,7 @@ async fn ownership_and_validation_violations_are_rejected_with_their_codes() {
         (vec![set("players", 1)], ErrorCode::Forbidden),
         (vec![set("a//b", 1)], ErrorCode::BadPath),
         (
-            vec![set(&"k/".repeat(20).trim_end_matches('/').to_string(), 1)],
+            vec![set("k/".repeat(20).trim_end_matches('/'), 1)],
             ErrorCode::BadPath,
         ),
         (vec![set("x", 1); 5], ErrorCode::TooManyOps),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Histogram};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
@@ -151,6 +151,10 @@ pub struct Room {
     failed: bool,
     deps: RoomDeps,
     limits: PathLimits,
+    /// `gamerelay_delta_size_bytes{type}`, registered once per room.
+    delta_bytes: Histogram,
+    /// `gamerelay_state_size_bytes{type}`, registered once per room.
+    state_bytes: Histogram,
 }
 
 impl Room {
@@ -161,6 +165,7 @@ impl Room {
         epoch: u64,
         deps: RoomDeps,
     ) -> Result<Room, Refusal> {
+        let logic_name = logic.name();
         let mut doc = Doc::map();
         let mut size = doc.encoded_len();
         let mut txn = Txn::new(&mut doc, &mut size, deps.config.max_state_bytes);
@@ -184,6 +189,8 @@ impl Room {
             pending: Vec::new(),
             empty_since: Some(Instant::now()),
             failed: false,
+            delta_bytes: histogram!(names::DELTA_BYTES, "type" => logic_name),
+            state_bytes: histogram!(names::STATE_BYTES, "type" => logic_name),
             deps,
             limits,
         })
@@ -197,8 +204,16 @@ impl Room {
         let mut flush = tokio::time::interval(flush_every.unwrap_or(Duration::from_secs(3600)));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.deps.shutdown.clone();
+        // One housekeeping timer, moved only when the next deadline changes.
+        let mut wake = self.next_deadline();
+        let timer = sleep_until(TokioInstant::from_std(wake));
+        tokio::pin!(timer);
         loop {
-            let wake = self.next_deadline();
+            let next = self.next_deadline();
+            if next != wake {
+                wake = next;
+                timer.as_mut().reset(TokioInstant::from_std(wake));
+            }
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -214,8 +229,11 @@ impl Room {
                         break;
                     }
                 }
-                _ = flush.tick(), if flush_every.is_some() => self.flush(),
-                _ = sleep_until(TokioInstant::from_std(wake)) => {
+                // Ticks only while something waits to be flushed: idle rooms do not wake.
+                _ = flush.tick(), if flush_every.is_some() && !self.pending.is_empty() => self.flush(),
+                _ = &mut timer => {
+                    wake = Instant::now() + Duration::from_secs(3600);
+                    timer.as_mut().reset(TokioInstant::from_std(wake));
                     if self.housekeep(Instant::now()).await {
                         break;
                     }
@@ -292,7 +310,7 @@ impl Room {
     }
 
     fn snapshot(&self) -> Snapshot {
-        histogram!(names::STATE_BYTES, "type" => self.logic.name()).record(self.size as f64);
+        self.state_bytes.record(self.size as f64);
         Snapshot {
             epoch: self.epoch,
             seq: self.seq,
@@ -651,7 +669,7 @@ impl Room {
             ops,
         });
         let bytes = encode(&delta);
-        histogram!(names::DELTA_BYTES, "type" => self.logic.name()).record(bytes.len() as f64);
+        self.delta_bytes.record(bytes.len() as f64);
         self.deps.metrics.deltas.increment(1);
         self.staged.push(Staged {
             seq: self.seq,
