@@ -177,6 +177,12 @@ impl Server {
             backplane = node.backplane.kind(),
             "gamerelay node serving"
         );
+        if !node.config.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %node.config.listen,
+                "no authentication is configured: any client that reaches this address can join any room"
+            );
+        }
         let app = gateway::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let signal = {
             let node = node.clone();
