@@ -5,7 +5,8 @@
 pub const CONNECTIONS: &str = "gamerelay_connections";
 /// Counter: connections accepted.
 pub const CONNECTIONS_OPENED: &str = "gamerelay_connections_opened_total";
-/// Counter: connections closed, by `reason` (a close-code reason or `client_closed`, `error`).
+/// Counter: connections closed, by `reason` (the close reason sent, e.g. `replaced`, or
+/// `client_closed`, `client_gone`, `socket_error` when the client ended it).
 pub const CONNECTIONS_CLOSED: &str = "gamerelay_connections_closed_total";
 /// Counter: upgrades refused because `--max-connections` was reached.
 pub const CONNECTIONS_REFUSED: &str = "gamerelay_connections_refused_total";
@@ -57,3 +58,49 @@ pub const SLOW_CONSUMERS: &str = "gamerelay_slow_consumer_disconnects_total";
 pub const BAD_FRAMES: &str = "gamerelay_bad_frames_total";
 /// Gauge: 1, with labels `version` and `node`.
 pub const BUILD_INFO: &str = "gamerelay_build_info";
+
+/// Every metric name above, for documentation checks.
+pub const ALL: &[&str] = &[
+    CONNECTIONS,
+    CONNECTIONS_OPENED,
+    CONNECTIONS_CLOSED,
+    CONNECTIONS_REFUSED,
+    ROOMS,
+    ROOMS_CREATED,
+    ROOMS_DISPOSED,
+    PLAYERS,
+    FRAMES_IN,
+    BYTES_IN,
+    FRAMES_OUT,
+    BYTES_OUT,
+    OPS_ACCEPTED,
+    OPS_REJECTED,
+    OPS_DUPLICATE,
+    DELTAS,
+    DELIVERIES,
+    FANOUT_SECONDS,
+    DELTA_BYTES,
+    STATE_BYTES,
+    JOINS,
+    SESSIONS_EXPIRED,
+    SESSIONS_REPLACED,
+    OUTBOX_DROPPED,
+    RESYNCS,
+    SLOW_CONSUMERS,
+    BAD_FRAMES,
+    BUILD_INFO,
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_is_documented_in_metrics_md() {
+        let doc = include_str!("../../docs/METRICS.md");
+        for name in super::ALL {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is missing from docs/METRICS.md"
+            );
+        }
+    }
+}
