@@ -35,6 +35,8 @@ pub enum PathError {
     NotAMap(String),
     #[error("the root of the state must stay a map")]
     Root,
+    #[error("deltas carry only resolved `set` and `del` ops, not `{0}`")]
+    NotResolved(&'static str),
 }
 
 impl Path {
@@ -216,9 +218,8 @@ pub fn apply_resolved(root: &mut Doc, op: &Op) -> Result<(), PathError> {
         )
         .map(|_| ()),
         Op::Del { path } => del(root, &Path::parse_with(path, usize::MAX, usize::MAX)?).map(|_| ()),
-        Op::Inc { .. } | Op::Merge { .. } => Err(PathError::NotAMap(
-            "deltas carry only set and del".to_owned(),
-        )),
+        Op::Inc { .. } => Err(PathError::NotResolved("inc")),
+        Op::Merge { .. } => Err(PathError::NotResolved("merge")),
     }
 }
 
