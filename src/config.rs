@@ -39,12 +39,7 @@ pub struct Config {
     pub log: String,
 
     /// Log format.
-    #[arg(
-        long,
-        env = "GAMERELAY_LOG_FORMAT",
-        value_enum,
-        default_value = "human"
-    )]
+    #[arg(long, env = "GAMERELAY_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
 
     /// Tokio worker threads (0 = one per CPU core).
@@ -113,11 +108,7 @@ pub struct Config {
     pub outbox_frames: usize,
 
     /// How long a member may stay lagging (queue full) before it is closed with 4102, in ms.
-    #[arg(
-        long,
-        env = "GAMERELAY_SLOW_CONSUMER_TIMEOUT_MS",
-        default_value_t = 10_000
-    )]
+    #[arg(long, env = "GAMERELAY_SLOW_CONSUMER_TIMEOUT_MS", default_value_t = 10_000)]
     pub slow_consumer_timeout_ms: u64,
 
     /// Commands queued per room before senders wait (backpressure on hot rooms).
@@ -149,6 +140,44 @@ pub struct Config {
     /// Upper bound of the jittered `retry_ms` hint sent to clients when the node shuts down.
     #[arg(long, env = "GAMERELAY_RECONNECT_HINT_MS", default_value_t = 2_000)]
     pub reconnect_hint_ms: u64,
+
+    /// Redis URL (`redis://[user:password@]host:port/db`). Enables cluster mode: rooms are
+    /// owned through leases, every change is durable in Redis before it is acknowledged, and
+    /// players on any node share rooms. Without it the node runs the embedded single-node store.
+    #[arg(long, env = "GAMERELAY_REDIS")]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key and channel of this deployment.
+    #[arg(long, env = "GAMERELAY_REDIS_PREFIX", default_value = "gr")]
+    pub redis_prefix: String,
+
+    /// Secret shared by every node of a cluster; signs session tokens so any node can
+    /// trust them. Required with --redis; random per process without it.
+    #[arg(long, env = "GAMERELAY_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// Room ownership lease, in ms. An owner renews every third of it and stops acting as
+    /// owner when it could not renew for two thirds of it; a dead owner's rooms are claimed
+    /// again after it expires.
+    #[arg(long, env = "GAMERELAY_LEASE_TTL_MS", default_value_t = 3_000)]
+    pub lease_ttl_ms: u64,
+
+    /// Write a room snapshot to Redis after this many deltas (the log is trimmed below it).
+    #[arg(long, env = "GAMERELAY_SNAPSHOT_EVERY", default_value_t = 512)]
+    pub snapshot_every: u64,
+
+    /// ... or after this many ms with unsnapshotted deltas.
+    #[arg(long, env = "GAMERELAY_SNAPSHOT_INTERVAL_MS", default_value_t = 5_000)]
+    pub snapshot_interval_ms: u64,
+
+    /// How long Redis keys of a disposed room live, in ms (a room created again within it
+    /// comes back with its state).
+    #[arg(long, env = "GAMERELAY_ROOM_KEY_TTL_MS", default_value_t = 3_600_000)]
+    pub room_key_ttl_ms: u64,
+
+    /// Timeout of one Redis command, in ms; past it the outcome counts as unknown.
+    #[arg(long, env = "GAMERELAY_REDIS_TIMEOUT_MS", default_value_t = 1_000)]
+    pub redis_timeout_ms: u64,
 }
 
 /// A configuration value that makes no sense.
@@ -179,19 +208,13 @@ impl Config {
         ];
         for (flag, value) in positive {
             if value == 0 {
-                return Err(ConfigError {
-                    flag,
-                    problem: "must be greater than 0".into(),
-                });
+                return Err(ConfigError { flag, problem: "must be greater than 0".into() });
             }
         }
         if self.max_frame_bytes < 1024 {
             return Err(ConfigError {
                 flag: "max-frame-bytes",
-                problem: format!(
-                    "{} is too small for a join or snapshot (min 1024)",
-                    self.max_frame_bytes
-                ),
+                problem: format!("{} is too small for a join or snapshot (min 1024)", self.max_frame_bytes),
             });
         }
         if self.idle_timeout_ms <= self.ping_interval_ms {
@@ -204,16 +227,36 @@ impl Config {
             });
         }
         if self.outbox_frames < 4 {
-            return Err(ConfigError {
-                flag: "outbox-frames",
-                problem: "must be at least 4".into(),
-            });
+            return Err(ConfigError { flag: "outbox-frames", problem: "must be at least 4".into() });
         }
         if let Some(id) = &self.node_id {
             if id.is_empty() || id.len() > 64 || !id.bytes().all(is_id_byte) {
                 return Err(ConfigError {
                     flag: "node-id",
                     problem: format!("{id:?} must be 1-64 bytes of [A-Za-z0-9_.:-]"),
+                });
+            }
+        }
+        if self.redis.is_some() {
+            match &self.cluster_secret {
+                Some(secret) if secret.len() >= 16 => {}
+                _ => {
+                    return Err(ConfigError {
+                        flag: "cluster-secret",
+                        problem: "cluster mode (--redis) needs a shared secret of at least 16 bytes".into(),
+                    })
+                }
+            }
+            if self.lease_ttl_ms < 300 {
+                return Err(ConfigError { flag: "lease-ttl-ms", problem: "must be at least 300".into() });
+            }
+            if self.snapshot_every == 0 {
+                return Err(ConfigError { flag: "snapshot-every", problem: "must be greater than 0".into() });
+            }
+            if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
+                return Err(ConfigError {
+                    flag: "redis-prefix",
+                    problem: "must be non-empty, without braces or spaces".into(),
                 });
             }
         }
@@ -259,6 +302,15 @@ impl Config {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
     }
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+    pub fn snapshot_interval(&self) -> Duration {
+        Duration::from_millis(self.snapshot_interval_ms)
+    }
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
     }
@@ -288,18 +340,12 @@ mod tests {
 
     #[test]
     fn nonsense_values_are_refused_with_the_flag_named() {
-        let e = parse(&["--idle-timeout-ms", "100", "--ping-interval-ms", "200"])
-            .validate()
-            .unwrap_err();
+        let e = parse(&["--idle-timeout-ms", "100", "--ping-interval-ms", "200"]).validate().unwrap_err();
         assert_eq!(e.flag, "idle-timeout-ms");
-        assert_eq!(
-            parse(&["--max-rooms", "0"]).validate().unwrap_err().flag,
-            "max-rooms"
-        );
-        assert_eq!(
-            parse(&["--node-id", "a b"]).validate().unwrap_err().flag,
-            "node-id"
-        );
+        assert_eq!(parse(&["--max-rooms", "0"]).validate().unwrap_err().flag, "max-rooms");
+        assert_eq!(parse(&["--node-id", "a b"]).validate().unwrap_err().flag, "node-id");
         assert_eq!(parse(&["--log", "=="]).validate().unwrap_err().flag, "log");
+        let e = parse(&["--redis", "redis://127.0.0.1:6379"]).validate().unwrap_err();
+        assert_eq!(e.flag, "cluster-secret");
     }
 }

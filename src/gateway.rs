@@ -34,33 +34,24 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     if node.is_draining() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "node is draining; connect to another node",
-        )
+        return (StatusCode::SERVICE_UNAVAILABLE, "node is draining; connect to another node")
             .into_response();
     }
     let Some(slot) = node.connection_slot() else {
         counter!(names::CONNECTIONS_REFUSED).increment(1);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "node is at its connection limit",
-        )
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, "node is at its connection limit").into_response();
     };
     let max = node.config.max_frame_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let tracker = node.tracker.clone();
-            tracker.track_future(async move {
-                counter!(names::CONNECTIONS_OPENED).increment(1);
-                gauge!(names::CONNECTIONS).increment(1.0);
-                session::run(socket, node, peer).await;
-                gauge!(names::CONNECTIONS).decrement(1.0);
-                drop(slot);
-            })
+    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| {
+        let tracker = node.tracker.clone();
+        tracker.track_future(async move {
+            counter!(names::CONNECTIONS_OPENED).increment(1);
+            gauge!(names::CONNECTIONS).increment(1.0);
+            session::run(socket, node, peer).await;
+            gauge!(names::CONNECTIONS).decrement(1.0);
+            drop(slot);
         })
+    })
 }
 
 async fn healthz() -> &'static str {
@@ -70,15 +61,14 @@ async fn healthz() -> &'static str {
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !node.backplane.healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("backplane={} unreachable\n", node.backplane.kind()))
+            .into_response()
     } else {
         format!("ready: backplane={}\n", node.backplane.kind()).into_response()
     }
 }
 
 async fn metrics_text() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        telemetry::prometheus().render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], telemetry::prometheus().render()).into_response()
 }

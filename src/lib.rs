@@ -13,8 +13,9 @@
 //! telemetry/  tracing subscriber, Prometheus recorder, metric names as constants.
 //! room/       rooms: state + ops (no I/O), room types (doc, arena), the per-room actor
 //!             that sequences changes and fans out, the registry of live rooms.
-//! backplane/  the seam where durability and cross-node fan-out plug in. Today: the
-//!             embedded single-node store. The Redis cluster backplane plugs in here.
+//! backplane/  the seam where durability plugs in: the embedded single-node store, or
+//! cluster/    the Redis backplane (leases, fencing, durable log, snapshots) and the relay
+//!             that forwards commands to a room's owner and its frames to other nodes.
 //! session/    one task per WebSocket connection: handshake, join/resume, reading ops,
 //!             the bounded outbound queue and its writer, keepalive, close codes.
 //! gateway.rs  HTTP routes: /ws upgrade, /healthz, /readyz, /metrics.
@@ -36,6 +37,8 @@ pub mod protocol;
 
 #[cfg(feature = "server")]
 pub mod backplane;
+#[cfg(feature = "server")]
+pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]

@@ -17,10 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backplane::embedded::EmbeddedBackplane;
-use crate::backplane::Backplane;
+use crate::backplane::{Backplane, BackplaneError};
+use crate::cluster::keys::Keys;
+use crate::cluster::redis::{RedisBackplane, RedisSettings};
+use crate::cluster::relay::Relay;
 use crate::config::{Config, ConfigError};
 use crate::gateway;
 use crate::room::{Registry, RoomDeps};
+use crate::session::token::SessionKeys;
 use crate::telemetry::{self, HotMetrics};
 
 /// Why a node could not start or stopped with an error.
@@ -29,12 +33,11 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot start cluster mode: {0}")]
+    Cluster(#[from] BackplaneError),
 }
 
 /// What every task of the node shares.
@@ -72,9 +75,7 @@ impl Node {
     pub fn connection_slot(&self) -> Option<ConnectionSlot> {
         let max = self.config.max_connections;
         self.connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .ok()
             .map(|_| ConnectionSlot(self.connections.clone()))
     }
@@ -102,37 +103,66 @@ impl Server {
     /// Validates `config` and binds the listener. Nothing is served until [`Server::run`].
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let config = Arc::new(config);
         let node_id = config.node_id.clone().unwrap_or_else(|| {
             use rand::Rng;
             format!("node-{:06x}", rand::rng().random_range(0..0x100_0000u32))
         });
-        let backplane: Arc<dyn Backplane> = Arc::new(EmbeddedBackplane::new());
         let metrics = HotMetrics::new();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let (backplane, relay, tokens): (Arc<dyn Backplane>, Option<Relay>, SessionKeys) = match &config.redis
+        {
+            None => (Arc::new(EmbeddedBackplane::new()), None, SessionKeys::random()),
+            Some(url) => {
+                let incarnation: Arc<str> = {
+                    use rand::Rng;
+                    Arc::from(format!("{node_id}.{:08x}", rand::rng().random::<u32>()))
+                };
+                let settings = RedisSettings {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    lease_ttl: config.lease_ttl(),
+                    timeout: config.redis_timeout(),
+                    room_key_ttl: std::time::Duration::from_millis(config.room_key_ttl_ms),
+                    keep_below_snapshot: config.delta_ring as u64,
+                };
+                let backplane =
+                    RedisBackplane::connect(settings, incarnation.clone(), shutdown.clone()).await?;
+                let relay = Relay::start(
+                    url,
+                    Keys::new(&config.redis_prefix),
+                    incarnation,
+                    config.lease_ttl(),
+                    config.redis_timeout(),
+                    shutdown.clone(),
+                )
+                .await?;
+                let secret = config.cluster_secret.clone().unwrap_or_default();
+                (backplane, Some(relay), SessionKeys::new(secret.as_bytes()))
+            }
+        };
         let deps = {
-            let (config, backplane, metrics, shutdown) = (
-                config.clone(),
-                backplane.clone(),
-                metrics.clone(),
-                shutdown.clone(),
-            );
+            let (config, backplane, metrics, shutdown) =
+                (config.clone(), backplane.clone(), metrics.clone(), shutdown.clone());
+            let (tokens, relay) = (tokens.clone(), relay.clone());
             move || RoomDeps {
                 config: config.clone(),
                 backplane: backplane.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
+                tokens: tokens.clone(),
+                relay: relay.clone(),
             }
         };
-        let registry = Registry::new(deps, tracker.clone(), config.max_rooms, config.room_mailbox);
+        let registry =
+            Registry::new(deps, tracker.clone(), config.max_rooms, config.room_mailbox, relay.clone());
+        if let Some(relay) = &relay {
+            relay.set_registry(registry.clone());
+        }
         metrics::gauge!(telemetry::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.clone())
             .set(1.0);
         let node = Node {
@@ -147,17 +177,12 @@ impl Server {
             next_conn: AtomicU64::new(1),
             draining: AtomicBool::new(false),
         };
-        Ok(Server {
-            listener,
-            node: Arc::new(node),
-        })
+        Ok(Server { listener, node: Arc::new(node) })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.node.config.listen)
+        self.listener.local_addr().unwrap_or(self.node.config.listen)
     }
 
     /// The node's shared state (tests read it).
@@ -166,10 +191,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then drains (see the module docs).
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), ServerError> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let node = self.node;
         tracing::info!(
             listen = %self.listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
@@ -193,19 +215,11 @@ impl Server {
                 node.shutdown.cancel();
             }
         };
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(signal)
-            .await;
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(signal).await;
         node.shutdown.cancel();
         node.tracker.close();
-        if tokio::time::timeout(node.config.drain_timeout(), node.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                remaining = node.tracker.len(),
-                "drain timeout: exiting with tasks still running"
-            );
+        if tokio::time::timeout(node.config.drain_timeout(), node.tracker.wait()).await.is_err() {
+            tracing::warn!(remaining = node.tracker.len(), "drain timeout: exiting with tasks still running");
         }
         tracing::info!("node stopped");
         served.map_err(ServerError::Serve)

@@ -32,30 +32,20 @@ impl Backplane for EmbeddedBackplane {
         "embedded"
     }
 
-    async fn claim(&self, room: &str) -> Result<Claim, BackplaneError> {
-        let mut epochs = self
-            .epochs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    async fn claim(&self, room: &str, _room_type: &str) -> Result<Claim, BackplaneError> {
+        let mut epochs = self.epochs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let epoch = epochs.entry(room.to_owned()).or_insert(0);
         *epoch += 1;
-        Ok(Claim {
-            epoch: *epoch,
-            restored: None,
-        })
+        // A single node is never fenced: the token is never cancelled.
+        Ok(Claim { epoch: *epoch, restored: None, fenced: tokio_util::sync::CancellationToken::new() })
     }
 
-    async fn commit(
-        &self,
-        _room: &str,
-        _epoch: u64,
-        _batch: CommitBatch<'_>,
-    ) -> Result<(), BackplaneError> {
+    async fn commit(&self, _room: &str, _epoch: u64, _batch: CommitBatch<'_>) -> Result<(), BackplaneError> {
         // The room's memory is the store: a sequenced batch is as durable as it gets here.
         Ok(())
     }
 
-    async fn release(&self, _room: &str, _epoch: u64) -> Result<(), BackplaneError> {
+    async fn release(&self, _room: &str, _epoch: u64, _dispose: bool) -> Result<(), BackplaneError> {
         Ok(())
     }
 }
@@ -67,9 +57,9 @@ mod tests {
     #[tokio::test]
     async fn epochs_grow_across_claims_of_one_room() {
         let b = EmbeddedBackplane::new();
-        let first = b.claim("r").await.unwrap().epoch;
-        let second = b.claim("r").await.unwrap().epoch;
+        let first = b.claim("r", "doc").await.unwrap().epoch;
+        let second = b.claim("r", "doc").await.unwrap().epoch;
         assert!(second > first);
-        assert_eq!(b.claim("other").await.unwrap().epoch, 1);
+        assert_eq!(b.claim("other", "doc").await.unwrap().epoch, 1);
     }
 }

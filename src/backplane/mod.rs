@@ -16,6 +16,8 @@ pub mod embedded;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::protocol::Doc;
 
@@ -25,14 +27,36 @@ pub struct Claim {
     /// The fencing epoch of this ownership; every commit carries it.
     pub epoch: u64,
     /// The last durable state, if the room existed before (cluster restore).
-    pub restored: Option<RestoredRoom>,
+    pub restored: Option<RoomSnapshot>,
+    /// Cancelled by the backplane when this node must stop acting as the room's owner
+    /// (lease lost or not renewable in time).
+    pub fenced: CancellationToken,
 }
 
-/// Durable state of a room found by `claim`.
-#[derive(Debug, Clone)]
-pub struct RestoredRoom {
+/// Format version of [`RoomSnapshot`] as stored.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// A room as stored durably: state at `seq` plus what exactly-once needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomSnapshot {
+    /// [`SNAPSHOT_FORMAT`].
+    pub v: u32,
+    #[serde(rename = "type")]
+    pub room_type: String,
+    pub epoch: u64,
     pub seq: u64,
     pub state: Doc,
+    pub players: Vec<PlayerRecord>,
+}
+
+/// Per-player exactly-once record (G4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlayerRecord {
+    pub player: String,
+    /// Highest applied cid.
+    pub last_cid: u64,
+    /// Recently applied (cid, seq), cids ascending.
+    pub applied: Vec<(u64, u64)>,
 }
 
 /// One flush worth of sequenced deltas, ready to be made durable.
@@ -47,9 +71,15 @@ pub struct CommitBatch<'a> {
 /// A backplane failure.
 #[derive(Debug, thiserror::Error)]
 pub enum BackplaneError {
-    /// Another node owns the room now (our epoch is stale); the room must stop.
-    #[error("fenced: room {room} moved to epoch {current}")]
-    Fenced { room: String, current: u64 },
+    /// Another node owns the room now (our lease or epoch is stale); the room must stop.
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// The room is owned by another node; join it there.
+    #[error("room is owned by {0}")]
+    OwnedElsewhere(String),
+    /// Stored data is unusable (format, gaps in the log).
+    #[error("stored room data is unusable: {0}")]
+    Corrupt(String),
     /// The store could not be reached or answered with an error; outcome unknown.
     #[error("backplane unavailable: {0}")]
     Unavailable(String),
@@ -61,17 +91,28 @@ pub trait Backplane: Send + Sync + 'static {
     /// Short name for logs and `/readyz` (`embedded`, `redis`).
     fn kind(&self) -> &'static str;
 
-    /// Takes ownership of `room` on this node.
-    async fn claim(&self, room: &str) -> Result<Claim, BackplaneError>;
+    /// Whether the backplane can take changes now (`/readyz`).
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    /// Whether rooms should write snapshots (only a durable backplane needs them).
+    fn wants_snapshots(&self) -> bool {
+        false
+    }
+
+    /// Takes ownership of `room` (of type `room_type` if it is new) on this node.
+    async fn claim(&self, room: &str, room_type: &str) -> Result<Claim, BackplaneError>;
+
+    /// Stores a snapshot of a room this node owns, and trims the log below it.
+    async fn snapshot(&self, _room: &str, _snapshot: &RoomSnapshot) -> Result<(), BackplaneError> {
+        Ok(())
+    }
 
     /// Makes `batch` durable under `epoch`. Rooms fan it out only after `Ok`.
-    async fn commit(
-        &self,
-        room: &str,
-        epoch: u64,
-        batch: CommitBatch<'_>,
-    ) -> Result<(), BackplaneError>;
+    async fn commit(&self, room: &str, epoch: u64, batch: CommitBatch<'_>) -> Result<(), BackplaneError>;
 
-    /// Gives up ownership of a disposed room.
-    async fn release(&self, room: &str, epoch: u64) -> Result<(), BackplaneError>;
+    /// Gives up ownership of a room: for good (`dispose`: its stored data may expire), or
+    /// to hand it off (another node may claim it at once and continue from the stored data).
+    async fn release(&self, room: &str, epoch: u64, dispose: bool) -> Result<(), BackplaneError>;
 }

@@ -27,9 +27,7 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
     if rest.is_empty() {
         Ok(value)
     } else {
-        Err(DecodeError(rmp_serde::decode::Error::Syntax(
-            "trailing bytes after the message".into(),
-        )))
+        Err(DecodeError(rmp_serde::decode::Error::Syntax("trailing bytes after the message".into())))
     }
 }
 
@@ -75,19 +73,14 @@ mod tests {
                 seq,
                 cid: Some(seq),
                 by: Some("p".into()),
-                ops: vec![Op::Set {
-                    path: "a".into(),
-                    value: Doc::Int(seq as i64),
-                }],
+                ops: vec![Op::Set { path: "a".into(), value: Doc::Int(seq as i64) }],
             })
         };
         let parts = [encode(&d(1)), encode(&d(2))];
         let frame = batch_frame(parts.iter());
         assert_eq!(
             decode_server(&frame).map_err(|e| e.to_string()),
-            Ok(ServerMsg::Batch {
-                msgs: vec![d(1), d(2)]
-            })
+            Ok(ServerMsg::Batch { msgs: vec![d(1), d(2)] })
         );
     }
 

@@ -103,10 +103,7 @@ impl ErrorCode {
 
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
-        )
+        matches!(self, ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal)
     }
 }
 
@@ -146,11 +143,13 @@ pub enum CloseCode {
     IdleTimeout,
     /// 4102: the client could not keep up with the room for too long.
     SlowConsumer,
+    /// 4103: the room moved to another node (failover, handoff); reconnect and resume.
+    RoomMoved,
 }
 
 impl CloseCode {
     /// Every close code, for docs and tests.
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 13] = [
         CloseCode::Normal,
         CloseCode::FrameTooLarge,
         CloseCode::InternalError,
@@ -163,6 +162,7 @@ impl CloseCode {
         CloseCode::HandshakeTimeout,
         CloseCode::IdleTimeout,
         CloseCode::SlowConsumer,
+        CloseCode::RoomMoved,
     ];
 
     /// The numeric WebSocket close code.
@@ -180,6 +180,7 @@ impl CloseCode {
             CloseCode::HandshakeTimeout => 4100,
             CloseCode::IdleTimeout => 4101,
             CloseCode::SlowConsumer => 4102,
+            CloseCode::RoomMoved => 4103,
         }
     }
 
@@ -198,6 +199,7 @@ impl CloseCode {
             CloseCode::HandshakeTimeout => "handshake_timeout",
             CloseCode::IdleTimeout => "idle_timeout",
             CloseCode::SlowConsumer => "slow_consumer",
+            CloseCode::RoomMoved => "room_moved",
         }
     }
 
@@ -240,6 +242,7 @@ mod tests {
                     | CloseCode::HandshakeTimeout
                     | CloseCode::IdleTimeout
                     | CloseCode::SlowConsumer
+                    | CloseCode::RoomMoved
             );
             assert_eq!(c.should_reconnect(), expect, "{c:?}");
         }

@@ -234,15 +234,10 @@ impl Doc {
                 };
                 h + b.len()
             }
-            Doc::Array(items) => {
-                coll_header(items.len()) + items.iter().map(Doc::encoded_len).sum::<usize>()
-            }
+            Doc::Array(items) => coll_header(items.len()) + items.iter().map(Doc::encoded_len).sum::<usize>(),
             Doc::Map(map) => {
                 coll_header(map.len())
-                    + map
-                        .iter()
-                        .map(|(k, v)| str_header(k.len()) + k.len() + v.encoded_len())
-                        .sum::<usize>()
+                    + map.iter().map(|(k, v)| str_header(k.len()) + k.len() + v.encoded_len()).sum::<usize>()
             }
         }
     }
@@ -468,10 +463,7 @@ mod tests {
         assert_eq!(Doc::number(-0.0), Ok(Doc::Int(0)));
         assert_eq!(Doc::number(2.5), Ok(Doc::Float(2.5)));
         // f64 3.0 on the wire decodes to the integer 3.
-        assert_eq!(
-            decode(&[0xcb, 0x40, 0x08, 0, 0, 0, 0, 0, 0]).ok(),
-            Some(Doc::Int(3))
-        );
+        assert_eq!(decode(&[0xcb, 0x40, 0x08, 0, 0, 0, 0, 0, 0]).ok(), Some(Doc::Int(3)));
     }
 
     #[test]

@@ -57,31 +57,20 @@ impl Path {
                 return Err(PathError::EmptySegment(raw.to_owned()));
             }
             if seg.len() > max_key_len {
-                return Err(PathError::KeyTooLong {
-                    len: seg.len(),
-                    max: max_key_len,
-                });
+                return Err(PathError::KeyTooLong { len: seg.len(), max: max_key_len });
             }
             offset += seg.len();
             ends.push(offset);
             offset += 1;
             if ends.len() > max_depth {
-                return Err(PathError::TooDeep {
-                    depth: raw.split('/').count(),
-                    max: max_depth,
-                });
+                return Err(PathError::TooDeep { depth: raw.split('/').count(), max: max_depth });
             }
         }
-        Ok(Path {
-            raw: raw.to_owned(),
-            ends,
-        })
+        Ok(Path { raw: raw.to_owned(), ends })
     }
 
     /// Builds a path from segments (each must be non-empty and free of `/`).
-    pub fn from_segments<'a>(
-        segments: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Path, PathError> {
+    pub fn from_segments<'a>(segments: impl IntoIterator<Item = &'a str>) -> Result<Path, PathError> {
         let raw = segments.into_iter().collect::<Vec<_>>().join("/");
         Path::parse_with(&raw, usize::MAX, usize::MAX)
     }
@@ -161,22 +150,13 @@ pub fn set(root: &mut Doc, path: &Path, value: Doc) -> Result<Undo, PathError> {
     }
     let old = map.insert(path.leaf().to_owned(), value);
     Ok(match created_at {
-        Some(i) => Undo::Restore {
-            path: prefix_path(path, i + 1),
-            old: None,
-        },
-        None => Undo::Restore {
-            path: path.clone(),
-            old,
-        },
+        Some(i) => Undo::Restore { path: prefix_path(path, i + 1), old: None },
+        None => Undo::Restore { path: path.clone(), old },
     })
 }
 
 fn prefix_path(path: &Path, n: usize) -> Path {
-    Path {
-        raw: path.prefix(n).to_owned(),
-        ends: path.ends[..n].to_vec(),
-    }
+    Path { raw: path.prefix(n).to_owned(), ends: path.ends[..n].to_vec() }
 }
 
 /// Deletes the key at `path`. Absent keys (or absent parents) are not an error.
@@ -211,12 +191,9 @@ pub fn undo(root: &mut Doc, undo: Undo) {
 /// Applies one resolved op of a delta (`set` or `del`) to a mirror.
 pub fn apply_resolved(root: &mut Doc, op: &Op) -> Result<(), PathError> {
     match op {
-        Op::Set { path, value } => set(
-            root,
-            &Path::parse_with(path, usize::MAX, usize::MAX)?,
-            value.clone(),
-        )
-        .map(|_| ()),
+        Op::Set { path, value } => {
+            set(root, &Path::parse_with(path, usize::MAX, usize::MAX)?, value.clone()).map(|_| ())
+        }
         Op::Del { path } => del(root, &Path::parse_with(path, usize::MAX, usize::MAX)?).map(|_| ()),
         Op::Inc { .. } => Err(PathError::NotResolved("inc")),
         Op::Merge { .. } => Err(PathError::NotResolved("merge")),
@@ -233,19 +210,10 @@ mod tests {
         assert_eq!(p.segments().collect::<Vec<_>>(), ["players", "p1", "x"]);
         assert_eq!(p.prefix(2), "players/p1");
         assert_eq!(Path::parse(""), Err(PathError::Empty));
-        assert!(matches!(
-            Path::parse("a//b"),
-            Err(PathError::EmptySegment(_))
-        ));
+        assert!(matches!(Path::parse("a//b"), Err(PathError::EmptySegment(_))));
         assert!(matches!(Path::parse("/a"), Err(PathError::EmptySegment(_))));
-        assert!(matches!(
-            Path::parse_with("a/b/c", 2, 8),
-            Err(PathError::TooDeep { .. })
-        ));
-        assert!(matches!(
-            Path::parse_with("abcdefghi", 2, 8),
-            Err(PathError::KeyTooLong { .. })
-        ));
+        assert!(matches!(Path::parse_with("a/b/c", 2, 8), Err(PathError::TooDeep { .. })));
+        assert!(matches!(Path::parse_with("abcdefghi", 2, 8), Err(PathError::KeyTooLong { .. })));
     }
 
     #[test]

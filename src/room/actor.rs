@@ -19,27 +19,73 @@ use tokio_util::sync::CancellationToken;
 
 use super::txn::{ParsedOp, PathLimits, Refusal, Txn};
 use super::types::RoomType;
-use crate::backplane::{Backplane, CommitBatch};
+use crate::backplane::{
+    Backplane, BackplaneError, Claim, CommitBatch, PlayerRecord, RoomSnapshot, SNAPSHOT_FORMAT,
+};
+use crate::cluster::relay::{Relay, RoomPublisher};
+use crate::cluster::wire::RoomWire;
 use crate::config::Config;
 use crate::protocol::{
-    batch_frame, encode, CloseCode, Delta, Doc, ErrorCode, MemberInfo, Op, PresenceStatus,
-    ServerMsg, Snapshot,
+    batch_frame, encode, CloseCode, Delta, Doc, ErrorCode, MemberInfo, Op, PresenceStatus, ServerMsg,
+    Snapshot,
 };
 use crate::session::control::ConnControl;
+use crate::session::token::SessionKeys;
 use crate::telemetry::{names, HotMetrics};
 
 /// A player id, shared cheaply.
 pub type PlayerId = Arc<str>;
 
-/// The connection a member is attached to.
+/// A WebSocket connection on this node.
 #[derive(Clone)]
-pub struct MemberConn {
+pub struct LocalConn {
     /// Node-unique connection id; commands from a replaced connection are ignored by it.
     pub id: u64,
     /// The connection's bounded outbound queue of encoded frames.
     pub outbox: mpsc::Sender<Bytes>,
     /// Lets the room close the connection (replaced, slow consumer, left).
     pub control: Arc<ConnControl>,
+}
+
+/// The connection a member is attached to: here, or on another node of the cluster (whose
+/// relay forwards the room's frames to it).
+#[derive(Clone)]
+pub enum MemberConn {
+    Local(LocalConn),
+    Remote { node: Arc<str>, id: u64 },
+}
+
+/// Identifies a connection cluster-wide: `node` is `None` for connections on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnId {
+    pub node: Option<Arc<str>>,
+    pub id: u64,
+}
+
+impl ConnId {
+    pub fn local(id: u64) -> ConnId {
+        ConnId { node: None, id }
+    }
+    pub fn remote(node: &str, id: u64) -> ConnId {
+        ConnId { node: Some(Arc::from(node)), id }
+    }
+}
+
+impl MemberConn {
+    pub fn conn_id(&self) -> ConnId {
+        match self {
+            MemberConn::Local(c) => ConnId::local(c.id),
+            MemberConn::Remote { node, id } => ConnId { node: Some(node.clone()), id: *id },
+        }
+    }
+
+    /// The local connection, if it is one.
+    pub fn local(&self) -> Option<&LocalConn> {
+        match self {
+            MemberConn::Local(c) => Some(c),
+            MemberConn::Remote { .. } => None,
+        }
+    }
 }
 
 /// A join or resume, as the session hands it to the room.
@@ -74,32 +120,35 @@ pub enum RoomCmd {
     },
     Ops {
         player: PlayerId,
-        conn: u64,
+        conn: ConnId,
         cid: u64,
         ops: Vec<Op>,
         received: Instant,
     },
     Msg {
         player: PlayerId,
-        conn: u64,
+        conn: ConnId,
         to: Option<String>,
         data: Doc,
     },
     Leave {
         player: PlayerId,
-        conn: u64,
+        conn: ConnId,
     },
     /// The connection closed without `leave`: start the reconnect grace.
     Detach {
         player: PlayerId,
-        conn: u64,
+        conn: ConnId,
+    },
+    /// A node relaying remote members of this room is still alive.
+    Keepalive {
+        node: Arc<str>,
     },
 }
 
 /// One player of the room.
 struct Member {
     player: PlayerId,
-    session: String,
     /// `None` while disconnected (within the grace).
     conn: Option<MemberConn>,
     disconnected_at: Option<Instant>,
@@ -124,6 +173,9 @@ pub struct RoomDeps {
     pub backplane: Arc<dyn Backplane>,
     pub metrics: HotMetrics,
     pub shutdown: CancellationToken,
+    pub tokens: SessionKeys,
+    /// Cluster mode: publishes frames for members on other nodes.
+    pub relay: Option<Relay>,
 }
 
 /// Most commands handled before staged deltas are committed and fanned out.
@@ -140,7 +192,6 @@ pub struct Room {
     doc: Doc,
     size: usize,
     members: HashMap<PlayerId, Member>,
-    sessions: HashMap<String, PlayerId>,
     /// Recent committed deltas (seq, encoded `delta` message) for resumes.
     ring: VecDeque<(u64, Bytes)>,
     staged: Vec<Staged>,
@@ -155,40 +206,99 @@ pub struct Room {
     delta_bytes: Histogram,
     /// `gamerelay_state_size_bytes{type}`, registered once per room.
     state_bytes: Histogram,
+    /// Cancelled by the backplane when this node must stop owning the room.
+    fenced: CancellationToken,
+    /// Cluster mode: the ordered queue of frames for members on other nodes.
+    publisher: Option<RoomPublisher>,
+    /// Last time each node relaying remote members was heard from.
+    remote_seen: HashMap<Arc<str>, Instant>,
+    /// seq and time of the last durable snapshot (`None`: none written yet).
+    snapshot_seq: Option<u64>,
+    snapshot_at: Instant,
 }
 
 impl Room {
-    /// A new room at `epoch`, with the type's initial state (seq 0).
+    /// A room owned under `claim`: restored from its durable state when there is one,
+    /// else new with the type's initial state (seq 0).
     pub fn new(
         id: Arc<str>,
         mut logic: Box<dyn RoomType>,
-        epoch: u64,
+        claim: Claim,
         deps: RoomDeps,
     ) -> Result<Room, Refusal> {
         let logic_name = logic.name();
-        let mut doc = Doc::map();
-        let mut size = doc.encoded_len();
-        let mut txn = Txn::new(&mut doc, &mut size, deps.config.max_state_bytes);
-        logic.init(&mut txn)?;
-        txn.commit();
-        let limits = PathLimits {
-            max_depth: deps.config.max_path_depth,
-            max_key_bytes: deps.config.max_key_bytes,
+        let now = Instant::now();
+        let limits =
+            PathLimits { max_depth: deps.config.max_path_depth, max_key_bytes: deps.config.max_key_bytes };
+        let publisher = deps.relay.as_ref().map(|r| r.publisher(&id));
+        let mut members = HashMap::new();
+        let (doc, seq, snapshot_seq) = match claim.restored {
+            Some(restored) => {
+                if restored.room_type != logic_name {
+                    return Err(Refusal::new(
+                        ErrorCode::BadRoom,
+                        format!("room {id} has type {}, not {logic_name}", restored.room_type),
+                    ));
+                }
+                // Everyone the durable state knows of is back as disconnected: they resume
+                // within the grace or leave (and the room type cleans up after them).
+                let mut known: HashMap<PlayerId, PlayerRecord> =
+                    restored.players.into_iter().map(|p| (Arc::from(p.player.as_str()), p)).collect();
+                if let Some(players) = restored.state.get(["players"]).and_then(Doc::as_map) {
+                    for player in players.keys() {
+                        known.entry(Arc::from(player.as_str())).or_insert_with(|| PlayerRecord {
+                            player: player.clone(),
+                            last_cid: 0,
+                            applied: Vec::new(),
+                        });
+                    }
+                }
+                for (player, record) in known {
+                    let skip = record.applied.len().saturating_sub(deps.config.applied_cids);
+                    members.insert(
+                        player.clone(),
+                        Member {
+                            player,
+                            conn: None,
+                            disconnected_at: Some(now),
+                            last_cid: record.last_cid,
+                            applied: record.applied.into_iter().skip(skip).collect(),
+                            lagging_since: None,
+                        },
+                    );
+                }
+                gauge!(names::PLAYERS).increment(members.len() as f64);
+                (restored.state, restored.seq, restored.seq)
+            }
+            None => {
+                let mut doc = Doc::map();
+                let mut size = doc.encoded_len();
+                let mut txn = Txn::new(&mut doc, &mut size, deps.config.max_state_bytes);
+                logic.init(&mut txn)?;
+                txn.commit();
+                (doc, 0, 0)
+            }
         };
+        let size = doc.encoded_len();
         Ok(Room {
             id,
             logic,
-            epoch,
-            seq: 0,
+            epoch: claim.epoch,
+            seq,
             doc,
             size,
-            members: HashMap::new(),
-            sessions: HashMap::new(),
+            empty_since: members.is_empty().then_some(now),
+            members,
             ring: VecDeque::new(),
             staged: Vec::new(),
             pending: Vec::new(),
-            empty_since: Some(Instant::now()),
             failed: false,
+            fenced: claim.fenced,
+            publisher,
+            remote_seen: HashMap::new(),
+            // A new room's first snapshot is written before it serves anyone.
+            snapshot_seq: (seq > 0).then_some(snapshot_seq),
+            snapshot_at: now,
             delta_bytes: histogram!(names::DELTA_BYTES, "type" => logic_name),
             state_bytes: histogram!(names::STATE_BYTES, "type" => logic_name),
             deps,
@@ -204,6 +314,10 @@ impl Room {
         let mut flush = tokio::time::interval(flush_every.unwrap_or(Duration::from_secs(3600)));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.deps.shutdown.clone();
+        let fenced = self.fenced.clone();
+        if self.deps.backplane.wants_snapshots() && self.snapshot_seq.is_none() {
+            self.write_snapshot().await;
+        }
         // One housekeeping timer, moved only when the next deadline changes.
         let mut wake = self.next_deadline();
         let timer = sleep_until(TokioInstant::from_std(wake));
@@ -225,6 +339,7 @@ impl Room {
                         handled += 1;
                     }
                     self.commit().await;
+                    self.maybe_snapshot().await;
                     if self.failed {
                         break;
                     }
@@ -239,6 +354,13 @@ impl Room {
                     }
                 }
                 _ = shutdown.cancelled() => break,
+                _ = fenced.cancelled() => {
+                    self.failed = true;
+                    break;
+                }
+            }
+            if self.failed {
+                break;
             }
         }
         on_dispose();
@@ -251,7 +373,50 @@ impl Room {
         self.flush();
         let players = self.members.len();
         gauge!(names::PLAYERS).decrement(players as f64);
-        let _ = self.deps.backplane.release(&self.id, self.epoch).await;
+        if self.failed || shutdown.is_cancelled() {
+            // Handing off: everyone reconnects and resumes on the room's next owner. On a
+            // node shutdown, local sessions close their clients themselves (1012 with a
+            // retry hint); members on other nodes are told here.
+            if self.failed {
+                counter!(names::HANDOFFS).increment(1);
+                self.close_everyone(CloseCode::RoomMoved, "the room moved; reconnect");
+            } else if let Some(p) = &self.publisher {
+                p.send(RoomWire::Moved);
+            }
+            if !self.fenced.is_cancelled() {
+                let _ = self.deps.backplane.release(&self.id, self.epoch, false).await;
+            }
+        } else {
+            let _ = self.deps.backplane.release(&self.id, self.epoch, true).await;
+        }
+    }
+
+    /// Closes every member's connection (here and on other nodes).
+    fn close_everyone(&mut self, code: CloseCode, detail: &str) {
+        let conns: Vec<MemberConn> = self.members.values().filter_map(|m| m.conn.clone()).collect();
+        for conn in &conns {
+            self.close_conn(conn, code, detail);
+        }
+        if let Some(p) = &self.publisher {
+            p.send(RoomWire::Moved);
+        }
+    }
+
+    /// Closes one member connection with `code`.
+    fn close_conn(&self, conn: &MemberConn, code: CloseCode, detail: &str) {
+        match conn {
+            MemberConn::Local(c) => c.control.close(code, detail),
+            MemberConn::Remote { node, id } => {
+                if let Some(p) = &self.publisher {
+                    let reason = if detail.is_empty() {
+                        code.reason().to_owned()
+                    } else {
+                        format!("{}: {detail}", code.reason())
+                    };
+                    p.send(RoomWire::Close { node: node.to_string(), conn: *id, code: code.code(), reason });
+                }
+            }
+        }
     }
 
     async fn handle(&mut self, cmd: RoomCmd) {
@@ -273,50 +438,41 @@ impl Room {
                 };
                 let _ = reply.send(result.map_err(JoinFailure::Refused));
             }
-            RoomCmd::Ops {
-                player,
-                conn,
-                cid,
-                ops,
-                received,
-            } => self.ops(&player, conn, cid, ops, received),
-            RoomCmd::Msg {
-                player,
-                conn,
-                to,
-                data,
-            } => self.msg(&player, conn, to, data),
+            RoomCmd::Ops { player, conn, cid, ops, received } => self.ops(&player, conn, cid, ops, received),
+            RoomCmd::Msg { player, conn, to, data } => self.msg(&player, conn, to, data),
             RoomCmd::Leave { player, conn } => {
-                if self.is_current(&player, conn) {
+                if self.is_current(&player, &conn) {
                     if let Some(c) = self.members.get(&player).and_then(|m| m.conn.clone()) {
-                        c.control.close(CloseCode::Normal, "");
+                        self.close_conn(&c, CloseCode::Normal, "");
                     }
                     self.remove_member(&player);
                 }
             }
             RoomCmd::Detach { player, conn } => {
-                if self.is_current(&player, conn) {
+                if self.is_current(&player, &conn) {
                     self.detach(&player, Instant::now());
                 }
+            }
+            RoomCmd::Keepalive { node } => {
+                self.remote_seen.insert(node, Instant::now());
             }
         }
     }
 
-    fn is_current(&self, player: &PlayerId, conn: u64) -> bool {
-        self.members
-            .get(player)
-            .and_then(|m| m.conn.as_ref())
-            .is_some_and(|c| c.id == conn)
+    /// Whether `conn` is the connection `player` is attached to now. Notes remote nodes
+    /// as alive when they speak for a member.
+    fn is_current(&mut self, player: &PlayerId, conn: &ConnId) -> bool {
+        let current =
+            self.members.get(player).and_then(|m| m.conn.as_ref()).is_some_and(|c| c.conn_id() == *conn);
+        if let (true, Some(node)) = (current, &conn.node) {
+            self.remote_seen.insert(node.clone(), Instant::now());
+        }
+        current
     }
 
     fn snapshot(&self) -> Snapshot {
         self.state_bytes.record(self.size as f64);
-        Snapshot {
-            epoch: self.epoch,
-            seq: self.seq,
-            state: self.doc.clone(),
-            hash: self.doc.state_hash(),
-        }
+        Snapshot { epoch: self.epoch, seq: self.seq, state: self.doc.clone(), hash: self.doc.state_hash() }
     }
 
     fn member_list(&self) -> Vec<MemberInfo> {
@@ -325,11 +481,7 @@ impl Room {
             .values()
             .map(|m| MemberInfo {
                 player: m.player.to_string(),
-                status: if m.conn.is_some() {
-                    PresenceStatus::Joined
-                } else {
-                    PresenceStatus::Disconnected
-                },
+                status: if m.conn.is_some() { PresenceStatus::Joined } else { PresenceStatus::Disconnected },
             })
             .collect();
         list.sort_by(|a, b| a.player.cmp(&b.player));
@@ -343,19 +495,11 @@ impl Room {
             counter!(names::JOINS, "outcome" => "refused").increment(1);
             return Err(Refusal::new(
                 ErrorCode::RoomFull,
-                format!(
-                    "room {} has {} players, the most it may hold",
-                    self.id,
-                    self.members.len()
-                ),
+                format!("room {} has {} players, the most it may hold", self.id, self.members.len()),
             ));
         }
         let player: PlayerId = Arc::from(format!("p-{}", random_hex(6)));
-        let mut txn = Txn::new(
-            &mut self.doc,
-            &mut self.size,
-            self.deps.config.max_state_bytes,
-        );
+        let mut txn = Txn::new(&mut self.doc, &mut self.size, self.deps.config.max_state_bytes);
         self.logic.on_join(&player, &mut txn, Instant::now())?;
         let ops = txn.commit();
         self.broadcast(encode(&ServerMsg::Presence {
@@ -366,13 +510,10 @@ impl Room {
         if !ops.is_empty() {
             self.stage(None, None, ops, None);
         }
-        let session = random_hex(16);
-        self.sessions.insert(session.clone(), player.clone());
         self.members.insert(
             player.clone(),
             Member {
                 player: player.clone(),
-                session,
                 conn: None,
                 disconnected_at: None,
                 last_cid: 0,
@@ -387,19 +528,16 @@ impl Room {
 
     fn attach_new(&mut self, player: PlayerId, conn: MemberConn) -> Result<JoinOk, Refusal> {
         if self.failed {
-            return Err(Refusal::new(
-                ErrorCode::Unavailable,
-                "the room failed; try again",
-            ));
+            return Err(Refusal::new(ErrorCode::Unavailable, "the room failed; try again"));
         }
         let Some(member) = self.members.get_mut(&player) else {
-            return Err(Refusal::new(
-                ErrorCode::Internal,
-                "player vanished while joining",
-            ));
+            return Err(Refusal::new(ErrorCode::Internal, "player vanished while joining"));
         };
+        if let MemberConn::Remote { node, .. } = &conn {
+            self.remote_seen.insert(node.clone(), Instant::now());
+        }
         member.conn = Some(conn);
-        let session = member.session.clone();
+        let session = self.deps.tokens.issue(&self.id, &player);
         counter!(names::JOINS, "outcome" => "new").increment(1);
         let joined = ServerMsg::Joined {
             room: self.id.to_string(),
@@ -411,7 +549,7 @@ impl Room {
             members: self.member_list(),
             snapshot: Some(self.snapshot()),
         };
-        self.send_to(&player, encode(&joined));
+        self.send_joined(&player, encode(&joined));
         Ok(JoinOk { player })
     }
 
@@ -423,20 +561,24 @@ impl Room {
                 "unknown session or its reconnect grace is over; join afresh",
             )
         };
-        let player = self.sessions.get(&session).cloned().ok_or_else(expired)?;
+        let player: PlayerId = match self.deps.tokens.verify(&self.id, &session) {
+            Some(p) => Arc::from(p),
+            None => return Err(expired()),
+        };
         let member = self.members.get_mut(&player).ok_or_else(expired)?;
         let was_disconnected = member.conn.is_none();
-        if let Some(old) = member.conn.take() {
-            old.control.close(
-                CloseCode::Replaced,
-                "a newer connection resumed this session",
-            );
-            counter!(names::SESSIONS_REPLACED).increment(1);
+        let old = member.conn.take();
+        if let MemberConn::Remote { node, .. } = &req.conn {
+            self.remote_seen.insert(node.clone(), Instant::now());
         }
         member.conn = Some(req.conn);
         member.disconnected_at = None;
         member.lagging_since = None;
         let last_cid = member.last_cid;
+        if let Some(old) = old {
+            self.close_conn(&old, CloseCode::Replaced, "a newer connection resumed this session");
+            counter!(names::SESSIONS_REPLACED).increment(1);
+        }
         if was_disconnected {
             self.broadcast(encode(&ServerMsg::Presence {
                 room: self.id.to_string(),
@@ -449,20 +591,12 @@ impl Room {
             (Some(epoch), Some(seq)) if epoch == self.epoch && seq <= self.seq => {
                 let oldest = self.ring.front().map_or(self.seq + 1, |(s, _)| *s);
                 (seq + 1 >= oldest).then(|| {
-                    self.ring
-                        .iter()
-                        .filter(|(s, _)| *s > seq)
-                        .map(|(_, b)| b.clone())
-                        .collect::<Vec<_>>()
+                    self.ring.iter().filter(|(s, _)| *s > seq).map(|(_, b)| b.clone()).collect::<Vec<_>>()
                 })
             }
             _ => None,
         };
-        let outcome = if missed.is_some() {
-            "resumed_deltas"
-        } else {
-            "resumed_snapshot"
-        };
+        let outcome = if missed.is_some() { "resumed_deltas" } else { "resumed_snapshot" };
         counter!(names::JOINS, "outcome" => outcome).increment(1);
         let joined = ServerMsg::Joined {
             room: self.id.to_string(),
@@ -472,13 +606,9 @@ impl Room {
             resumed: true,
             cid: last_cid,
             members: self.member_list(),
-            snapshot: if missed.is_some() {
-                None
-            } else {
-                Some(self.snapshot())
-            },
+            snapshot: if missed.is_some() { None } else { Some(self.snapshot()) },
         };
-        self.send_to(&player, encode(&joined));
+        self.send_joined(&player, encode(&joined));
         match missed {
             Some(missed) if missed.len() == 1 => self.send_to(&player, missed[0].clone()),
             Some(missed) if !missed.is_empty() => self.send_to(&player, batch_frame(missed.iter())),
@@ -487,8 +617,8 @@ impl Room {
         Ok(JoinOk { player })
     }
 
-    fn ops(&mut self, player: &PlayerId, conn: u64, cid: u64, ops: Vec<Op>, received: Instant) {
-        if !self.is_current(player, conn) {
+    fn ops(&mut self, player: &PlayerId, conn: ConnId, cid: u64, ops: Vec<Op>, received: Instant) {
+        if !self.is_current(player, &conn) {
             return;
         }
         match self.apply_ops(player, cid, ops) {
@@ -510,12 +640,7 @@ impl Room {
     }
 
     /// Applies one op batch. `Ok(None)`: a retried cid, answered with its original ack.
-    fn apply_ops(
-        &mut self,
-        player: &PlayerId,
-        cid: u64,
-        ops: Vec<Op>,
-    ) -> Result<Option<Vec<Op>>, Refusal> {
+    fn apply_ops(&mut self, player: &PlayerId, cid: u64, ops: Vec<Op>) -> Result<Option<Vec<Op>>, Refusal> {
         let max_ops = self.deps.config.max_ops_per_batch;
         let Some(member) = self.members.get(player) else {
             return Ok(None);
@@ -524,11 +649,8 @@ impl Room {
             return Err(Refusal::new(ErrorCode::StaleCid, "cid must be at least 1"));
         }
         if cid <= member.last_cid {
-            let found = member
-                .applied
-                .binary_search_by_key(&cid, |(c, _)| *c)
-                .ok()
-                .map(|i| member.applied[i].1);
+            let found =
+                member.applied.binary_search_by_key(&cid, |(c, _)| *c).ok().map(|i| member.applied[i].1);
             return match found {
                 Some(seq) => {
                     counter!(names::OPS_DUPLICATE).increment(1);
@@ -547,22 +669,12 @@ impl Room {
         if ops.is_empty() || ops.len() > max_ops {
             return Err(Refusal::new(
                 ErrorCode::TooManyOps,
-                format!(
-                    "a batch holds 1 to {max_ops} ops, this one has {}",
-                    ops.len()
-                ),
+                format!("a batch holds 1 to {max_ops} ops, this one has {}", ops.len()),
             ));
         }
         let limits = self.limits;
-        let parsed = ops
-            .into_iter()
-            .map(|op| ParsedOp::parse(op, limits))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut txn = Txn::new(
-            &mut self.doc,
-            &mut self.size,
-            self.deps.config.max_state_bytes,
-        );
+        let parsed = ops.into_iter().map(|op| ParsedOp::parse(op, limits)).collect::<Result<Vec<_>, _>>()?;
+        let mut txn = Txn::new(&mut self.doc, &mut self.size, self.deps.config.max_state_bytes);
         self.logic.apply(player, parsed, &mut txn, Instant::now())?;
         txn.check_size()?;
         let resolved = txn.commit();
@@ -577,8 +689,8 @@ impl Room {
         Ok(Some(resolved))
     }
 
-    fn msg(&mut self, player: &PlayerId, conn: u64, to: Option<String>, data: Doc) {
-        if !self.is_current(player, conn) {
+    fn msg(&mut self, player: &PlayerId, conn: ConnId, to: Option<String>, data: Doc) {
+        if !self.is_current(player, &conn) {
             return;
         }
         let frame = encode(&ServerMsg::Msg {
@@ -590,11 +702,8 @@ impl Room {
         match to {
             None => self.broadcast(frame),
             Some(to) => {
-                let target = self
-                    .members
-                    .get(to.as_str())
-                    .filter(|m| m.conn.is_some())
-                    .map(|m| m.player.clone());
+                let target =
+                    self.members.get(to.as_str()).filter(|m| m.conn.is_some()).map(|m| m.player.clone());
                 match target {
                     Some(target) => self.send_to(&target, frame),
                     None => {
@@ -627,7 +736,7 @@ impl Room {
         let Some(member) = self.members.remove(player) else {
             return;
         };
-        self.sessions.remove(&member.session);
+        drop(member);
         gauge!(names::PLAYERS).decrement(1.0);
         self.broadcast(encode(&ServerMsg::Presence {
             room: self.id.to_string(),
@@ -652,13 +761,7 @@ impl Room {
     }
 
     /// Sequences a delta and stages it for the next commit.
-    fn stage(
-        &mut self,
-        cid: Option<u64>,
-        by: Option<PlayerId>,
-        ops: Vec<Op>,
-        received: Option<Instant>,
-    ) {
+    fn stage(&mut self, cid: Option<u64>, by: Option<PlayerId>, ops: Vec<Op>, received: Option<Instant>) {
         self.seq += 1;
         let delta = ServerMsg::Delta(Delta {
             room: self.id.to_string(),
@@ -671,11 +774,7 @@ impl Room {
         let bytes = encode(&delta);
         self.delta_bytes.record(bytes.len() as f64);
         self.deps.metrics.deltas.increment(1);
-        self.staged.push(Staged {
-            seq: self.seq,
-            bytes,
-            received,
-        });
+        self.staged.push(Staged { seq: self.seq, bytes, received });
     }
 
     /// Commits staged deltas through the backplane, then fans them out. On failure (the
@@ -686,27 +785,14 @@ impl Room {
         }
         let staged = std::mem::take(&mut self.staged);
         let deltas: Vec<(u64, Bytes)> = staged.iter().map(|s| (s.seq, s.bytes.clone())).collect();
-        let batch = CommitBatch {
-            prev_seq: staged[0].seq - 1,
-            deltas: &deltas,
-        };
-        match self
-            .deps
-            .backplane
-            .commit(&self.id, self.epoch, batch)
-            .await
-        {
+        let batch = CommitBatch { prev_seq: staged[0].seq - 1, deltas: &deltas };
+        match self.deps.backplane.commit(&self.id, self.epoch, batch).await {
             Ok(()) => self.publish(staged),
             Err(e) => {
-                // The single-node backplane never fails. Until a backplane can resolve an
-                // unknown outcome, the safe move is to stop the room: nothing unacknowledged
-                // is shown, and clients reconnect (1011) and get a fresh snapshot.
-                tracing::error!(room = %self.id, error = %e, "commit failed; closing the room");
-                for m in self.members.values() {
-                    if let Some(c) = &m.conn {
-                        c.control.close(CloseCode::InternalError, "room failed");
-                    }
-                }
+                // Fenced, or the outcome is unknown: nothing of the batch was shown to anyone.
+                // The room stops; whoever owns it next restores the durable truth from the
+                // backplane, and the members reconnect (4103) and resume there.
+                tracing::warn!(room = %self.id, error = %e, "commit failed; handing the room off");
                 self.failed = true;
             }
         }
@@ -722,10 +808,7 @@ impl Room {
             }
             self.broadcast(s.bytes);
             if let Some(received) = s.received {
-                self.deps
-                    .metrics
-                    .fanout_seconds
-                    .record(received.elapsed().as_secs_f64());
+                self.deps.metrics.fanout_seconds.record(received.elapsed().as_secs_f64());
             }
         }
     }
@@ -736,9 +819,30 @@ impl Room {
             self.pending.push(frame);
             return;
         }
+        self.deliver_all(frame);
+    }
+
+    /// Queues `frame` for every local member, and once for all remote ones.
+    fn deliver_all(&mut self, frame: Bytes) {
         let now = Instant::now();
+        let mut remote = false;
         for m in self.members.values_mut() {
+            remote |= matches!(m.conn, Some(MemberConn::Remote { .. }));
             deliver(m, &frame, now, &self.deps.metrics);
+        }
+        if remote {
+            self.publish_wire(RoomWire::Broadcast { frame });
+        }
+    }
+
+    /// Queues a frame for members on other nodes. A full queue means Redis cannot keep up
+    /// with this room: it stops, and everyone resumes on its next owner.
+    fn publish_wire(&mut self, wire: RoomWire) {
+        if let Some(p) = &self.publisher {
+            if !p.send(wire) {
+                tracing::error!(room = %self.id, "publish queue full; handing the room off");
+                self.failed = true;
+            }
         }
     }
 
@@ -747,23 +851,89 @@ impl Room {
         if self.pending.is_empty() {
             return;
         }
-        let frame = if self.pending.len() == 1 {
-            self.pending[0].clone()
-        } else {
-            batch_frame(self.pending.iter())
-        };
+        let frame =
+            if self.pending.len() == 1 { self.pending[0].clone() } else { batch_frame(self.pending.iter()) };
         self.pending.clear();
-        let now = Instant::now();
-        for m in self.members.values_mut() {
-            deliver(m, &frame, now, &self.deps.metrics);
-        }
+        self.deliver_all(frame);
     }
 
     /// Sends a message to one member at once (private messages are never coalesced).
     fn send_to(&mut self, player: &PlayerId, frame: Bytes) {
         let now = Instant::now();
-        if let Some(m) = self.members.get_mut(player) {
-            deliver(m, &frame, now, &self.deps.metrics);
+        let Some(m) = self.members.get_mut(player) else { return };
+        match &m.conn {
+            Some(MemberConn::Remote { node, id }) => {
+                let wire = RoomWire::To { node: node.to_string(), conn: *id, frame };
+                self.publish_wire(wire);
+            }
+            _ => deliver(m, &frame, now, &self.deps.metrics),
+        }
+    }
+
+    /// Sends `joined`: for a remote member, also the signal that its join succeeded.
+    fn send_joined(&mut self, player: &PlayerId, frame: Bytes) {
+        let remote = self.members.get(player).and_then(|m| match &m.conn {
+            Some(MemberConn::Remote { node, id }) => Some((node.to_string(), *id)),
+            _ => None,
+        });
+        match remote {
+            Some((node, conn)) => {
+                self.publish_wire(RoomWire::Joined { node, conn, player: player.to_string(), frame })
+            }
+            None => self.send_to(player, frame),
+        }
+    }
+
+    /// Writes a durable snapshot when enough deltas or time have passed since the last.
+    async fn maybe_snapshot(&mut self) {
+        if !self.deps.backplane.wants_snapshots() || self.failed {
+            return;
+        }
+        let due = match self.snapshot_seq {
+            None => true,
+            Some(at) => {
+                self.seq >= at + self.deps.config.snapshot_every
+                    || (self.seq > at && self.snapshot_at.elapsed() >= self.deps.config.snapshot_interval())
+            }
+        };
+        if due {
+            self.write_snapshot().await;
+        }
+    }
+
+    async fn write_snapshot(&mut self) {
+        let snapshot = RoomSnapshot {
+            v: SNAPSHOT_FORMAT,
+            room_type: self.logic.name().to_owned(),
+            epoch: self.epoch,
+            seq: self.seq,
+            state: self.doc.clone(),
+            players: self
+                .members
+                .values()
+                .map(|m| PlayerRecord {
+                    player: m.player.to_string(),
+                    last_cid: m.last_cid,
+                    applied: m.applied.iter().copied().collect(),
+                })
+                .collect(),
+        };
+        let started = Instant::now();
+        match self.deps.backplane.snapshot(&self.id, &snapshot).await {
+            Ok(()) => {
+                histogram!(names::SNAPSHOT_SECONDS).record(started.elapsed().as_secs_f64());
+                self.snapshot_seq = Some(self.seq);
+                self.snapshot_at = Instant::now();
+            }
+            Err(BackplaneError::Unavailable(e)) if self.snapshot_seq.is_some() => {
+                // Retried at the next opportunity; the log still holds everything.
+                tracing::warn!(room = %self.id, error = %e, "snapshot failed");
+                self.snapshot_at = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(room = %self.id, error = %e, "snapshot refused; handing the room off");
+                self.failed = true;
+            }
         }
     }
 
@@ -784,6 +954,12 @@ impl Room {
         if let Some(since) = self.empty_since {
             next = next.min(since + self.deps.config.room_idle_ttl());
         }
+        if self.members.values().any(|m| matches!(m.conn, Some(MemberConn::Remote { .. }))) {
+            next = next.min(now + self.deps.config.lease_ttl());
+        }
+        if self.deps.backplane.wants_snapshots() && self.snapshot_seq.is_some_and(|at| self.seq > at) {
+            next = next.min(self.snapshot_at + self.deps.config.snapshot_interval());
+        }
         next
     }
 
@@ -800,20 +976,31 @@ impl Room {
             counter!(names::SESSIONS_EXPIRED).increment(1);
             self.remove_member(&player);
         }
-        let lagging: Vec<PlayerId> = self
-            .members
-            .values()
-            .filter(|m| m.lagging_since.is_some())
-            .map(|m| m.player.clone())
-            .collect();
+        let lagging: Vec<PlayerId> =
+            self.members.values().filter(|m| m.lagging_since.is_some()).map(|m| m.player.clone()).collect();
         for player in lagging {
             self.check_lagging(&player, now);
         }
+        // Members relayed by a node that went silent (crashed) start their grace.
+        let silent_after = self.deps.config.lease_ttl() * 3;
+        let silent: Vec<PlayerId> = self
+            .members
+            .values()
+            .filter(|m| match &m.conn {
+                Some(MemberConn::Remote { node, .. }) => self
+                    .remote_seen
+                    .get(node)
+                    .is_none_or(|seen| now.saturating_duration_since(*seen) > silent_after),
+                _ => false,
+            })
+            .map(|m| m.player.clone())
+            .collect();
+        for player in silent {
+            self.detach(&player, now);
+        }
         self.commit().await;
-        self.failed
-            || self
-                .empty_since
-                .is_some_and(|since| now >= since + self.deps.config.room_idle_ttl())
+        self.maybe_snapshot().await;
+        self.failed || self.empty_since.is_some_and(|since| now >= since + self.deps.config.room_idle_ttl())
     }
 
     /// A lagging member gets a resync once its queue has room again, or is closed after
@@ -824,13 +1011,12 @@ impl Room {
         let Some(m) = self.members.get(player) else {
             return;
         };
-        let (Some(since), Some(conn)) = (m.lagging_since, m.conn.clone()) else {
+        let (Some(since), Some(MemberConn::Local(conn))) = (m.lagging_since, m.conn.clone()) else {
             return;
         };
         if now >= since + timeout {
             counter!(names::SLOW_CONSUMERS).increment(1);
-            conn.control
-                .close(CloseCode::SlowConsumer, "could not keep up with the room");
+            conn.control.close(CloseCode::SlowConsumer, "could not keep up with the room");
             self.detach(player, now);
             return;
         }
@@ -850,9 +1036,10 @@ impl Room {
     }
 }
 
-/// Queues `frame` for one member without waiting. A full queue marks it lagging.
+/// Queues `frame` for one local member without waiting. A full queue marks it lagging.
+/// (Remote members get frames through the room's publisher.)
 fn deliver(m: &mut Member, frame: &Bytes, now: Instant, metrics: &HotMetrics) {
-    let Some(conn) = &m.conn else { return };
+    let Some(MemberConn::Local(conn)) = &m.conn else { return };
     if m.lagging_since.is_some() {
         counter!(names::OUTBOX_DROPPED).increment(1);
         return;

@@ -11,6 +11,6 @@ pub mod registry;
 pub mod txn;
 pub mod types;
 
-pub use actor::{JoinRequest, MemberConn, PlayerId, RoomCmd, RoomDeps};
-pub use registry::{Registry, RoomHandle};
+pub use actor::{ConnId, JoinRequest, LocalConn, MemberConn, PlayerId, RoomCmd, RoomDeps};
+pub use registry::{Registry, RoomHandle, RoomLink};
 pub use txn::Refusal;

@@ -1,6 +1,10 @@
 //! The registry of live rooms on this node: a concurrent map from room id to the room
 //! actor's mailbox. Lookups and creations of different rooms never contend on one lock;
 //! each room's state is owned by its actor, not by the map.
+//!
+//! In cluster mode the registry also decides *where* a join goes: to the local actor if this
+//! node owns the room, to the lease holder's node through the relay if another node owns it,
+//! or to a new local actor that claims the room if nobody does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,16 +16,19 @@ use metrics::{counter, gauge};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use super::actor::{JoinFailure, JoinOk, JoinRequest, Room, RoomCmd, RoomDeps};
+use super::actor::{JoinFailure, JoinOk, JoinRequest, PlayerId, Room, RoomCmd, RoomDeps};
 use super::txn::Refusal;
 use super::types;
+use crate::backplane::BackplaneError;
+use crate::cluster::relay::Relay;
 use crate::config::is_id_byte;
 use crate::protocol::ErrorCode;
 use crate::telemetry::names;
 
 /// Longest room id, in bytes.
 pub const MAX_ROOM_ID_BYTES: usize = 128;
-/// Times a join looks a room up again when it raced with the room's disposal.
+/// Times a join looks a room up again when it raced with the room's disposal or a change
+/// of owner.
 const JOIN_ATTEMPTS: usize = 4;
 
 /// A live room as the registry knows it.
@@ -31,6 +38,21 @@ pub struct RoomHandle {
     generation: u64,
     pub room_type: &'static str,
     pub tx: mpsc::Sender<RoomCmd>,
+}
+
+/// Where a joined connection sends its commands.
+#[derive(Clone)]
+pub enum RoomLink {
+    /// The room is owned by this node.
+    Local(RoomHandle),
+    /// The room is owned by another node (cluster mode): commands go to its inbox.
+    Remote { room: String, owner: Arc<str>, relay: Relay },
+}
+
+/// A successful join: where the room is and the player id.
+pub struct Joined {
+    pub room: RoomLink,
+    pub player: PlayerId,
 }
 
 /// Shared map of live rooms; cheap to clone.
@@ -46,12 +68,8 @@ struct Inner {
     tracker: TaskTracker,
     max_rooms: usize,
     mailbox: usize,
-}
-
-/// A successful join: the room's mailbox and the player id.
-pub struct Joined {
-    pub room: RoomHandle,
-    pub player: super::actor::PlayerId,
+    /// Cluster mode: who owns rooms not owned here, and the way to join them there.
+    relay: Option<Relay>,
 }
 
 impl Registry {
@@ -61,6 +79,7 @@ impl Registry {
         tracker: TaskTracker,
         max_rooms: usize,
         mailbox: usize,
+        relay: Option<Relay>,
     ) -> Registry {
         Registry {
             inner: Arc::new(Inner {
@@ -70,22 +89,62 @@ impl Registry {
                 tracker,
                 max_rooms,
                 mailbox,
+                relay,
             }),
         }
     }
 
-    /// Number of live rooms.
+    /// Number of live rooms owned here.
     pub fn len(&self) -> usize {
         self.inner.rooms.len()
     }
 
-    /// Whether no room is live.
+    /// Whether no room is owned here.
     pub fn is_empty(&self) -> bool {
         self.inner.rooms.is_empty()
     }
 
-    /// Joins (creating if needed) or resumes in room `room_id` of type `room_type`.
-    pub async fn join(
+    /// The mailbox of `room` if this node owns it.
+    pub fn local(&self, room: &str) -> Option<RoomHandle> {
+        self.inner.rooms.get(room).map(|h| h.clone())
+    }
+
+    /// Joins (creating if needed) or resumes in room `room_id` of type `room_type`, on this
+    /// node or, in cluster mode, on the node that owns the room.
+    pub async fn join(&self, room_id: &str, room_type: &str, req: JoinRequest) -> Result<Joined, Refusal> {
+        validate_room_id(room_id)?;
+        let Some(relay) = self.inner.relay.clone() else {
+            return self.join_here(room_id, room_type, req).await;
+        };
+        for _ in 0..JOIN_ATTEMPTS {
+            if self.local(room_id).is_some() {
+                return self.join_here(room_id, room_type, req).await;
+            }
+            match relay.lease_holder(room_id).await? {
+                Some(owner) if owner != **relay.incarnation() => {
+                    match relay.join_remote(room_id, room_type, &owner, &req).await {
+                        Ok(player) => {
+                            let owner = Arc::from(owner.as_str());
+                            let link = RoomLink::Remote { room: room_id.to_owned(), owner, relay };
+                            return Ok(Joined { room: link, player });
+                        }
+                        // The owner changed while we asked: look again.
+                        Err(refusal) if refusal.code == ErrorCode::Unavailable => continue,
+                        Err(refusal) => return Err(refusal),
+                    }
+                }
+                // Free (or a lease of ours whose room is gone): own it here.
+                _ => match self.join_here(room_id, room_type, req.clone()).await {
+                    Err(refusal) if refusal.code == ErrorCode::Unavailable => continue,
+                    other => return other,
+                },
+            }
+        }
+        Err(Refusal::new(ErrorCode::Unavailable, "the room's owner kept changing while joining; retry"))
+    }
+
+    /// Joins room `room_id` owned, or to be claimed, by this node.
+    pub async fn join_here(
         &self,
         room_id: &str,
         room_type: &str,
@@ -95,16 +154,17 @@ impl Registry {
         let Some(room_type) = types::static_name(room_type) else {
             return Err(Refusal::new(
                 ErrorCode::BadRoom,
-                format!(
-                    "unknown room type {room_type:?}; known: {}",
-                    types::ROOM_TYPES.join(", ")
-                ),
+                format!("unknown room type {room_type:?}; known: {}", types::ROOM_TYPES.join(", ")),
             ));
         };
+        let cluster = self.inner.relay.is_some();
+        let mut last = Refusal::new(ErrorCode::Unavailable, "the room kept closing while joining; retry");
         for _ in 0..JOIN_ATTEMPTS {
-            let handle = match self.inner.rooms.get(room_id).map(|h| h.clone()) {
+            let handle = match self.local(room_id) {
                 Some(h) => h,
-                None if req.session.is_some() => {
+                // Single node: a room that is gone took its sessions along. A cluster
+                // restores the room from Redis, where the session may still be known.
+                None if req.session.is_some() && !cluster => {
                     return Err(Refusal::new(
                         ErrorCode::SessionExpired,
                         "the room no longer exists; join afresh",
@@ -115,42 +175,26 @@ impl Registry {
             if handle.room_type != room_type {
                 return Err(Refusal::new(
                     ErrorCode::BadRoom,
-                    format!(
-                        "room {room_id} has type {}, not {room_type}",
-                        handle.room_type
-                    ),
+                    format!("room {room_id} has type {}, not {room_type}", handle.room_type),
                 ));
             }
             let (reply, answer) = oneshot::channel();
-            if handle
-                .tx
-                .send(RoomCmd::Join {
-                    req: req.clone(),
-                    reply,
-                })
-                .await
-                .is_err()
-            {
+            if handle.tx.send(RoomCmd::Join { req: req.clone(), reply }).await.is_err() {
                 self.forget(room_id, handle.generation);
                 continue;
             }
             match answer.await {
-                Ok(Ok(JoinOk { player })) => {
-                    return Ok(Joined {
-                        room: handle,
-                        player,
-                    })
-                }
+                Ok(Ok(JoinOk { player })) => return Ok(Joined { room: RoomLink::Local(handle), player }),
+                // A room that could not start here (owned elsewhere, Redis down) is
+                // retried by the caller, which looks for the owner again.
                 Ok(Err(JoinFailure::Refused(refusal))) => return Err(refusal),
                 Ok(Err(JoinFailure::RoomClosed)) | Err(_) => {
-                    self.forget(room_id, handle.generation)
+                    self.forget(room_id, handle.generation);
+                    last = Refusal::new(ErrorCode::Unavailable, "the room closed while joining; retry");
                 }
             }
         }
-        Err(Refusal::new(
-            ErrorCode::Unavailable,
-            "the room kept closing while joining; retry",
-        ))
+        Err(last)
     }
 
     /// Creates room `id` unless another join just did; returns its handle.
@@ -167,11 +211,7 @@ impl Registry {
             Entry::Vacant(e) => {
                 let (tx, rx) = mpsc::channel(self.inner.mailbox);
                 let generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
-                let handle = RoomHandle {
-                    generation,
-                    room_type,
-                    tx,
-                };
+                let handle = RoomHandle { generation, room_type, tx };
                 e.insert(handle.clone());
                 self.spawn(id, room_type, generation, rx);
                 Ok(handle)
@@ -179,13 +219,8 @@ impl Registry {
         }
     }
 
-    fn spawn(
-        &self,
-        id: Arc<str>,
-        room_type: &'static str,
-        generation: u64,
-        rx: mpsc::Receiver<RoomCmd>,
-    ) {
+    /// Starts a room's actor: claim (and restore) through the backplane, then run.
+    fn spawn(&self, id: Arc<str>, room_type: &'static str, generation: u64, mut rx: mpsc::Receiver<RoomCmd>) {
         let registry = self.clone();
         let deps = (self.inner.deps)();
         self.inner.tracker.spawn(async move {
@@ -201,21 +236,41 @@ impl Registry {
             };
             gauge!(names::ROOMS).increment(1.0);
             counter!(names::ROOMS_CREATED, "type" => room_type).increment(1);
-            let claim = deps.backplane.claim(&id).await;
-            let room = claim.map_err(|e| e.to_string()).and_then(|claim| {
-                let logic = types::create(room_type, &id).ok_or_else(|| format!("unknown room type {room_type}"))?;
-                Room::new(id.clone(), logic, claim.epoch, deps).map_err(|e| e.to_string())
-            });
+            let backplane = deps.backplane.clone();
+            let room = match backplane.claim(&id, room_type).await {
+                Ok(claim) => {
+                    let epoch = claim.epoch;
+                    let outcome = if claim.restored.is_some() { "restored" } else { "new" };
+                    counter!(names::CLAIMS, "outcome" => outcome).increment(1);
+                    let room = types::create(room_type, &id)
+                        .ok_or_else(|| Refusal::new(ErrorCode::BadRoom, "unknown room type"))
+                        .and_then(|logic| Room::new(id.clone(), logic, claim, deps));
+                    if room.is_err() {
+                        let _ = backplane.release(&id, epoch, false).await;
+                    }
+                    room
+                }
+                Err(BackplaneError::OwnedElsewhere(owner)) => {
+                    Err(Refusal::new(ErrorCode::Unavailable, format!("room is owned by {owner}")))
+                }
+                Err(e) => Err(Refusal::new(ErrorCode::Unavailable, e.to_string())),
+            };
             match room {
                 Ok(room) => {
-                    tracing::debug!(room = %id, room_type, "room created");
+                    tracing::debug!(room = %id, room_type, "room started");
                     room.run(rx, dispose).await;
-                    tracing::debug!(room = %id, lived_ms = started.elapsed().as_millis() as u64, "room disposed");
+                    tracing::debug!(room = %id, lived_ms = started.elapsed().as_millis() as u64, "room stopped");
                 }
-                Err(error) => {
-                    tracing::error!(room = %id, %error, "could not start room");
+                Err(refusal) => {
+                    tracing::info!(room = %id, error = %refusal, "room not started here");
                     dispose();
-                    drop(rx);
+                    // Joins already queued learn why (a wrong type, owned elsewhere, ...).
+                    rx.close();
+                    while let Some(cmd) = rx.recv().await {
+                        if let RoomCmd::Join { reply, .. } = cmd {
+                            let _ = reply.send(Err(JoinFailure::Refused(refusal.clone())));
+                        }
+                    }
                 }
             }
         });
@@ -223,9 +278,7 @@ impl Registry {
 
     /// Removes `id` from the map if it is still the given generation.
     fn forget(&self, id: &str, generation: u64) {
-        self.inner
-            .rooms
-            .remove_if(id, |_, h| h.generation == generation);
+        self.inner.rooms.remove_if(id, |_, h| h.generation == generation);
     }
 }
 

@@ -16,10 +16,7 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            code,
-            message: message.into(),
-        }
+        Refusal { code, message: message.into() }
     }
     pub fn forbidden(path: &Path) -> Refusal {
         Refusal::new(ErrorCode::Forbidden, format!("you may not write {path}"))
@@ -70,48 +67,33 @@ impl ParsedOp {
                 fits(&path, value.depth())?;
                 ParsedOp::Set { path, value }
             }
-            Op::Del { path } => ParsedOp::Del {
-                path: parse(&path)?,
-            },
+            Op::Del { path } => ParsedOp::Del { path: parse(&path)? },
             Op::Inc { path, by } => {
                 if by.as_f64().is_none() {
-                    return Err(Refusal::bad_value(format!(
-                        "inc of {path}: `by` must be a number"
-                    )));
+                    return Err(Refusal::bad_value(format!("inc of {path}: `by` must be a number")));
                 }
-                ParsedOp::Inc {
-                    path: parse(&path)?,
-                    by,
-                }
+                ParsedOp::Inc { path: parse(&path)?, by }
             }
             Op::Merge { path, value } => match value {
                 Doc::Map(map) => {
                     let path = parse(&path)?;
                     fits(&path, 1 + map.values().map(Doc::depth).max().unwrap_or(0))?;
                     if path.depth() >= limits.max_depth {
-                        return Err(PathError::TooDeep {
-                            depth: path.depth() + 1,
-                            max: limits.max_depth,
-                        }
-                        .into());
+                        return Err(
+                            PathError::TooDeep { depth: path.depth() + 1, max: limits.max_depth }.into()
+                        );
                     }
                     for key in map.keys() {
                         if key.is_empty() || key.contains('/') || key.len() > limits.max_key_bytes {
                             return Err(Refusal::new(
                                 ErrorCode::BadPath,
-                                format!(
-                                    "merge into {path}: key {key:?} is not a valid path segment"
-                                ),
+                                format!("merge into {path}: key {key:?} is not a valid path segment"),
                             ));
                         }
                     }
                     ParsedOp::Merge { path, value: map }
                 }
-                _ => {
-                    return Err(Refusal::bad_value(format!(
-                        "merge into {path}: value must be a map"
-                    )))
-                }
+                _ => return Err(Refusal::bad_value(format!("merge into {path}: value must be a map"))),
             },
         })
     }
@@ -148,15 +130,7 @@ impl<'a> Txn<'a> {
     /// Starts a transaction over `doc`, whose encoded size is `size`.
     pub fn new(doc: &'a mut Doc, size: &'a mut usize, max_size: usize) -> Txn<'a> {
         let size_before = *size;
-        Txn {
-            doc,
-            size,
-            size_before,
-            max_size,
-            undo: Vec::new(),
-            resolved: Vec::new(),
-            committed: false,
-        }
+        Txn { doc, size, size_before, max_size, undo: Vec::new(), resolved: Vec::new(), committed: false }
     }
 
     /// Reads the current (in-transaction) value at `path`.
@@ -172,15 +146,9 @@ impl<'a> Txn<'a> {
     /// Sets `value` at `path` and records a resolved `set`.
     pub fn set(&mut self, path: &Path, value: Doc) -> Result<(), Refusal> {
         let added = entry_size(path.leaf(), &value);
-        let record = Op::Set {
-            path: path.as_str().to_owned(),
-            value: value.clone(),
-        };
+        let record = Op::Set { path: path.as_str().to_owned(), value: value.clone() };
         let undo = path::set(self.doc, path, value)?;
-        let Undo::Restore {
-            path: undo_path,
-            old,
-        } = &undo;
+        let Undo::Restore { path: undo_path, old } = &undo;
         *self.size = match old {
             Some(old) => (*self.size + added).saturating_sub(entry_size(path.leaf(), old)),
             // A new key; each parent map it created adds a key and a map header too.
@@ -195,13 +163,8 @@ impl<'a> Txn<'a> {
     pub fn del(&mut self, path: &Path) -> Result<(), Refusal> {
         if let Some(old) = path::del(self.doc, path)? {
             *self.size = self.size.saturating_sub(entry_size(path.leaf(), &old));
-            self.undo.push(Undo::Restore {
-                path: path.clone(),
-                old: Some(old),
-            });
-            self.resolved.push(Op::Del {
-                path: path.as_str().to_owned(),
-            });
+            self.undo.push(Undo::Restore { path: path.clone(), old: Some(old) });
+            self.resolved.push(Op::Del { path: path.as_str().to_owned() });
         }
         Ok(())
     }
@@ -221,17 +184,14 @@ impl<'a> Txn<'a> {
                 match self.get(&path) {
                     None | Some(Doc::Map(_)) => {}
                     Some(_) => {
-                        return Err(Refusal::bad_value(format!(
-                            "merge into {path}: target is not a map"
-                        )))
+                        return Err(Refusal::bad_value(format!("merge into {path}: target is not a map")))
                     }
                 }
                 if value.is_empty() && self.get(&path).is_none() {
                     return self.set(&path, Doc::map());
                 }
                 for (key, v) in value {
-                    let child =
-                        Path::from_segments(path.segments().chain(std::iter::once(key.as_str())))?;
+                    let child = Path::from_segments(path.segments().chain(std::iter::once(key.as_str())))?;
                     match v {
                         Doc::Nil => self.del(&child)?,
                         v => self.set(&child, v)?,
@@ -247,10 +207,7 @@ impl<'a> Txn<'a> {
         if *self.size > self.max_size && *self.size > self.size_before {
             return Err(Refusal::new(
                 ErrorCode::StateTooLarge,
-                format!(
-                    "room state would be about {} bytes, more than {}",
-                    self.size, self.max_size
-                ),
+                format!("room state would be about {} bytes, more than {}", self.size, self.max_size),
             ));
         }
         Ok(())
@@ -290,10 +247,7 @@ fn add(current: Option<&Doc>, by: &Doc) -> Result<Doc, String> {
 mod tests {
     use super::*;
 
-    const LIMITS: PathLimits = PathLimits {
-        max_depth: 8,
-        max_key_bytes: 16,
-    };
+    const LIMITS: PathLimits = PathLimits { max_depth: 8, max_key_bytes: 16 };
 
     fn op(op: Op) -> ParsedOp {
         ParsedOp::parse(op, LIMITS).unwrap()
@@ -305,16 +259,8 @@ mod tests {
         let mut size = doc.encoded_len();
         {
             let mut t = Txn::new(&mut doc, &mut size, 1 << 20);
-            t.apply(op(Op::Set {
-                path: "a/b".into(),
-                value: Doc::Int(1),
-            }))
-            .unwrap();
-            t.apply(op(Op::Inc {
-                path: "n".into(),
-                by: Doc::Int(2),
-            }))
-            .unwrap();
+            t.apply(op(Op::Set { path: "a/b".into(), value: Doc::Int(1) })).unwrap();
+            t.apply(op(Op::Inc { path: "n".into(), by: Doc::Int(2) })).unwrap();
         }
         assert_eq!(doc, Doc::map());
         assert_eq!(size, 1);
@@ -325,49 +271,21 @@ mod tests {
         let mut doc = Doc::map();
         let mut size = 1;
         let mut t = Txn::new(&mut doc, &mut size, 1 << 20);
-        t.apply(op(Op::Inc {
-            path: "n".into(),
-            by: Doc::Int(2),
-        }))
-        .unwrap();
-        t.apply(op(Op::Inc {
-            path: "n".into(),
-            by: Doc::Float(0.5),
-        }))
-        .unwrap();
-        t.apply(op(Op::Set {
-            path: "m/k".into(),
-            value: Doc::Int(1),
-        }))
-        .unwrap();
+        t.apply(op(Op::Inc { path: "n".into(), by: Doc::Int(2) })).unwrap();
+        t.apply(op(Op::Inc { path: "n".into(), by: Doc::Float(0.5) })).unwrap();
+        t.apply(op(Op::Set { path: "m/k".into(), value: Doc::Int(1) })).unwrap();
         let mut patch = DocMap::new();
         patch.insert("k".into(), Doc::Nil);
         patch.insert("j".into(), Doc::Bool(true));
-        t.apply(op(Op::Merge {
-            path: "m".into(),
-            value: Doc::Map(patch),
-        }))
-        .unwrap();
+        t.apply(op(Op::Merge { path: "m".into(), value: Doc::Map(patch) })).unwrap();
         let ops = t.commit();
         assert_eq!(
             ops,
             vec![
-                Op::Set {
-                    path: "n".into(),
-                    value: Doc::Int(2)
-                },
-                Op::Set {
-                    path: "n".into(),
-                    value: Doc::Float(2.5)
-                },
-                Op::Set {
-                    path: "m/k".into(),
-                    value: Doc::Int(1)
-                },
-                Op::Set {
-                    path: "m/j".into(),
-                    value: Doc::Bool(true)
-                },
+                Op::Set { path: "n".into(), value: Doc::Int(2) },
+                Op::Set { path: "n".into(), value: Doc::Float(2.5) },
+                Op::Set { path: "m/k".into(), value: Doc::Int(1) },
+                Op::Set { path: "m/j".into(), value: Doc::Bool(true) },
                 Op::Del { path: "m/k".into() },
             ]
         );
@@ -384,17 +302,8 @@ mod tests {
         let mut doc = Doc::map();
         let mut size = 1;
         let mut t = Txn::new(&mut doc, &mut size, 1 << 20);
-        t.apply(op(Op::Set {
-            path: "s".into(),
-            value: Doc::str("x"),
-        }))
-        .unwrap();
-        let e = t
-            .apply(op(Op::Inc {
-                path: "s".into(),
-                by: Doc::Int(1),
-            }))
-            .unwrap_err();
+        t.apply(op(Op::Set { path: "s".into(), value: Doc::str("x") })).unwrap();
+        let e = t.apply(op(Op::Inc { path: "s".into(), by: Doc::Int(1) })).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadValue);
     }
 
@@ -404,14 +313,7 @@ mod tests {
         for _ in 0..MAX_DOC_DEPTH {
             deep = Doc::Array(vec![deep]);
         }
-        let e = ParsedOp::parse(
-            Op::Set {
-                path: "a".into(),
-                value: deep,
-            },
-            LIMITS,
-        )
-        .unwrap_err();
+        let e = ParsedOp::parse(Op::Set { path: "a".into(), value: deep }, LIMITS).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadValue);
     }
 
@@ -420,11 +322,7 @@ mod tests {
         let mut doc = Doc::map();
         let mut size = 1;
         let mut t = Txn::new(&mut doc, &mut size, 100);
-        t.apply(op(Op::Set {
-            path: "big".into(),
-            value: Doc::Bin(vec![0; 200]),
-        }))
-        .unwrap();
+        t.apply(op(Op::Set { path: "big".into(), value: Doc::Bin(vec![0; 200]) })).unwrap();
         assert_eq!(t.check_size().unwrap_err().code, ErrorCode::StateTooLarge);
     }
 }

@@ -42,11 +42,8 @@ impl ConnControl {
     /// Later requests are ignored.
     pub fn close(&self, code: CloseCode, detail: impl Into<String>) {
         let detail = detail.into();
-        let text = if detail.is_empty() {
-            code.reason().to_owned()
-        } else {
-            format!("{}: {detail}", code.reason())
-        };
+        let text =
+            if detail.is_empty() { code.reason().to_owned() } else { format!("{}: {detail}", code.reason()) };
         self.set(CloseReason::Code(code, text));
     }
 
@@ -76,9 +73,6 @@ impl ConnControl {
 
     /// The reason, once a close was requested.
     pub fn reason(&self) -> Option<CloseReason> {
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

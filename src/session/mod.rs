@@ -13,6 +13,7 @@
 //! on a client that sends faster than it reads.
 
 pub mod control;
+pub mod token;
 mod writer;
 
 use std::net::SocketAddr;
@@ -27,10 +28,11 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tracing::Instrument;
 
+use crate::cluster::wire::NodeMsg;
 use crate::protocol::{
     decode_client, encode, ClientMsg, CloseCode, ErrorCode, Join, ServerMsg, PROTOCOL_VERSION,
 };
-use crate::room::{JoinRequest, MemberConn, PlayerId, RoomCmd, RoomHandle};
+use crate::room::{ConnId, JoinRequest, LocalConn, MemberConn, PlayerId, RoomCmd, RoomLink};
 use crate::server::Node;
 use crate::telemetry::names;
 pub use control::{CloseReason, ConnControl};
@@ -44,21 +46,11 @@ pub async fn run(socket: WebSocket, node: Arc<Node>, peer: SocketAddr) {
         let (outbox, queue) = mpsc::channel(node.config.outbox_frames);
         let control = Arc::new(ConnControl::new());
         let writer = tokio::spawn(
-            writer::run(
-                sink,
-                queue,
-                control.clone(),
-                node.config.ping_interval(),
-                node.metrics.clone(),
-            )
-            .in_current_span(),
+            writer::run(sink, queue, control.clone(), node.config.ping_interval(), node.metrics.clone())
+                .in_current_span(),
         );
         let mut session = Session {
-            conn: MemberConn {
-                id,
-                outbox,
-                control: control.clone(),
-            },
+            conn: LocalConn { id, outbox, control: control.clone() },
             node: node.clone(),
             hello: false,
             joined: None,
@@ -67,14 +59,9 @@ pub async fn run(socket: WebSocket, node: Arc<Node>, peer: SocketAddr) {
             last_rx: Instant::now(),
         };
         session.read(stream).await;
-        if let (Some((room, player)), false) = (&session.joined, session.left) {
-            let _ = room
-                .tx
-                .send(RoomCmd::Detach {
-                    player: player.clone(),
-                    conn: id,
-                })
-                .await;
+        if session.joined.is_some() {
+            let command = if session.left { Command::Forget } else { Command::Detach };
+            session.command(command).await;
         }
         drop(session);
         let _ = writer.await;
@@ -88,12 +75,12 @@ pub async fn run(socket: WebSocket, node: Arc<Node>, peer: SocketAddr) {
 
 /// What the reader knows about its connection.
 struct Session {
-    conn: MemberConn,
+    conn: LocalConn,
     node: Arc<Node>,
     /// `hello` was received and accepted.
     hello: bool,
     /// The room joined and the player this connection speaks for.
-    joined: Option<(RoomHandle, PlayerId)>,
+    joined: Option<(RoomLink, PlayerId)>,
     /// The player left the room (no Detach needed).
     left: bool,
     /// Malformed frames so far.
@@ -108,6 +95,23 @@ enum Flow {
     Stop,
 }
 
+/// What a joined session asks of its room.
+enum Command {
+    Ops {
+        cid: u64,
+        ops: Vec<crate::protocol::Op>,
+    },
+    Msg {
+        to: Option<String>,
+        data: crate::protocol::Doc,
+    },
+    Leave,
+    /// The connection closed without leaving: the grace starts.
+    Detach,
+    /// The connection closed after leaving: only local bookkeeping.
+    Forget,
+}
+
 impl Session {
     fn control(&self) -> &ConnControl {
         &self.conn.control
@@ -120,9 +124,8 @@ impl Session {
         let shutdown = self.node.shutdown.clone();
         let control = self.conn.control.clone();
         // One timer, re-armed only when it fires, rather than one per frame.
-        let timer = sleep_until(TokioInstant::from_std(
-            handshake_deadline.min(self.last_rx + config.idle_timeout()),
-        ));
+        let timer =
+            sleep_until(TokioInstant::from_std(handshake_deadline.min(self.last_rx + config.idle_timeout())));
         tokio::pin!(timer);
         loop {
             tokio::select! {
@@ -177,8 +180,7 @@ impl Session {
         if too_large {
             counter!(names::BAD_FRAMES, "code" => "frame_too_large").increment(1);
             let max = self.node.config.max_frame_bytes;
-            self.control()
-                .close(CloseCode::FrameTooLarge, format!("max {max} bytes"));
+            self.control().close(CloseCode::FrameTooLarge, format!("max {max} bytes"));
         } else {
             self.control().gone("socket_error");
         }
@@ -195,11 +197,7 @@ impl Session {
     }
 
     async fn error(&self, code: ErrorCode, message: String) {
-        self.send(&ServerMsg::Error {
-            code: code.as_str().to_owned(),
-            message,
-        })
-        .await;
+        self.send(&ServerMsg::Error { code: code.as_str().to_owned(), message }).await;
     }
 
     async fn bad_frame(&mut self, code: ErrorCode, message: String) -> Flow {
@@ -208,8 +206,7 @@ impl Session {
         self.bad_frames += 1;
         self.error(code, message).await;
         if self.bad_frames > self.node.config.max_bad_frames {
-            self.control()
-                .close(CloseCode::ProtocolError, "too many malformed frames");
+            self.control().close(CloseCode::ProtocolError, "too many malformed frames");
             return Flow::Stop;
         }
         Flow::Continue
@@ -226,71 +223,39 @@ impl Session {
         }
         match msg {
             ClientMsg::Hello { .. } => {
-                self.error(
-                    ErrorCode::HandshakeRequired,
-                    "hello was already received".into(),
-                )
-                .await;
+                self.error(ErrorCode::HandshakeRequired, "hello was already received".into()).await;
                 Flow::Continue
             }
             ClientMsg::Join(join) => self.join(join).await,
             ClientMsg::Ping { id } => {
-                self.send(&ServerMsg::Pong {
-                    id,
-                    time: unix_ms(),
-                })
-                .await;
+                self.send(&ServerMsg::Pong { id, time: unix_ms() }).await;
                 Flow::Continue
             }
             ClientMsg::Ops { cid, ops } => {
-                let Some((room, player)) = &self.joined else {
+                if self.joined.is_none() {
                     let message = "join a room before sending ops".to_owned();
-                    let reject = ServerMsg::Reject {
-                        cid,
-                        code: ErrorCode::NotJoined.as_str().into(),
-                        message,
-                    };
+                    let reject =
+                        ServerMsg::Reject { cid, code: ErrorCode::NotJoined.as_str().into(), message };
                     self.send(&reject).await;
                     return Flow::Continue;
-                };
-                let cmd = RoomCmd::Ops {
-                    player: player.clone(),
-                    conn: self.conn.id,
-                    cid,
-                    ops,
-                    received: Instant::now(),
-                };
-                self.to_room(room.clone(), cmd).await
+                }
+                self.command(Command::Ops { cid, ops }).await
             }
             ClientMsg::Msg { to, data } => {
-                let Some((room, player)) = &self.joined else {
-                    self.error(
-                        ErrorCode::NotJoined,
-                        "join a room before sending messages".into(),
-                    )
-                    .await;
+                if self.joined.is_none() {
+                    self.error(ErrorCode::NotJoined, "join a room before sending messages".into()).await;
                     return Flow::Continue;
-                };
-                let cmd = RoomCmd::Msg {
-                    player: player.clone(),
-                    conn: self.conn.id,
-                    to,
-                    data,
-                };
-                self.to_room(room.clone(), cmd).await
+                }
+                self.command(Command::Msg { to, data }).await
             }
             ClientMsg::Leave => {
-                let Some((room, player)) = &self.joined else {
+                if self.joined.is_none() {
                     self.control().close(CloseCode::Normal, "");
                     return Flow::Stop;
-                };
-                let cmd = RoomCmd::Leave {
-                    player: player.clone(),
-                    conn: self.conn.id,
-                };
+                }
                 self.left = true;
                 // The room closes the connection (1000) once the player is removed.
-                self.to_room(room.clone(), cmd).await
+                self.command(Command::Leave).await
             }
         }
     }
@@ -312,21 +277,13 @@ impl Session {
                 Flow::Continue
             }
             ClientMsg::Hello { v, .. } => {
-                let message =
-                    format!("this node speaks protocol version {PROTOCOL_VERSION}, not {v}");
+                let message = format!("this node speaks protocol version {PROTOCOL_VERSION}, not {v}");
                 self.error(ErrorCode::UnsupportedVersion, message).await;
-                self.control().close(
-                    CloseCode::UnsupportedVersion,
-                    format!("v{PROTOCOL_VERSION} only"),
-                );
+                self.control().close(CloseCode::UnsupportedVersion, format!("v{PROTOCOL_VERSION} only"));
                 Flow::Stop
             }
             _ => {
-                self.error(
-                    ErrorCode::HandshakeRequired,
-                    "the first frame must be hello".into(),
-                )
-                .await;
+                self.error(ErrorCode::HandshakeRequired, "the first frame must be hello".into()).await;
                 self.control().close(CloseCode::ProtocolError, "no hello");
                 Flow::Stop
             }
@@ -335,25 +292,16 @@ impl Session {
 
     async fn join(&mut self, join: Join) -> Flow {
         if self.joined.is_some() {
-            self.error(
-                ErrorCode::AlreadyJoined,
-                "this connection already joined a room".into(),
-            )
-            .await;
+            self.error(ErrorCode::AlreadyJoined, "this connection already joined a room".into()).await;
             return Flow::Continue;
         }
         let req = JoinRequest {
-            conn: self.conn.clone(),
+            conn: MemberConn::Local(self.conn.clone()),
             session: join.session,
             epoch: join.epoch,
             seq: join.seq,
         };
-        match self
-            .node
-            .registry
-            .join(&join.room, &join.room_type, req)
-            .await
-        {
+        match self.node.registry.join(&join.room, &join.room_type, req).await {
             Ok(joined) => {
                 tracing::debug!(room = %join.room, player = %joined.player, "joined");
                 self.joined = Some((joined.room, joined.player));
@@ -363,20 +311,61 @@ impl Session {
         Flow::Continue
     }
 
-    /// Hands a command to the room, waiting if its mailbox is full (backpressure).
-    async fn to_room(&self, room: RoomHandle, cmd: RoomCmd) -> Flow {
-        tokio::select! {
-            sent = room.tx.send(cmd) => {
-                if sent.is_err() {
-                    // The room stopped under a member: only after a failure. Reconnecting
-                    // gets the client a fresh start.
-                    self.control().close(CloseCode::InternalError, "room stopped");
-                    return Flow::Stop;
+    /// Hands a command to the room: into its mailbox when it is owned here (waiting if the
+    /// mailbox is full: backpressure), or to its owner's inbox in cluster mode.
+    async fn command(&self, command: Command) -> Flow {
+        let Some((link, player)) = &self.joined else { return Flow::Continue };
+        let sent = match link {
+            RoomLink::Local(room) => {
+                let conn = ConnId::local(self.conn.id);
+                let player = player.clone();
+                let cmd = match command {
+                    Command::Ops { cid, ops } => {
+                        RoomCmd::Ops { player, conn, cid, ops, received: Instant::now() }
+                    }
+                    Command::Msg { to, data } => RoomCmd::Msg { player, conn, to, data },
+                    Command::Leave => RoomCmd::Leave { player, conn },
+                    Command::Detach => RoomCmd::Detach { player, conn },
+                    Command::Forget => return Flow::Stop,
+                };
+                if matches!(cmd, RoomCmd::Detach { .. }) {
+                    // Sent as the connection ends (its control is already closed): never
+                    // skip it, or the member would stay connected forever.
+                    room.tx.send(cmd).await.is_ok()
+                } else {
+                    tokio::select! {
+                        sent = room.tx.send(cmd) => sent.is_ok(),
+                        _ = self.conn.control.closed() => return Flow::Stop,
+                    }
                 }
-                Flow::Continue
             }
-            _ = self.conn.control.closed() => Flow::Stop,
+            RoomLink::Remote { room, owner, relay } => {
+                let (from, conn, player) =
+                    (relay.incarnation().to_string(), self.conn.id, player.to_string());
+                let room_id = room.clone();
+                let msg = match command {
+                    Command::Ops { cid, ops } => NodeMsg::Ops { room: room_id, from, conn, player, cid, ops },
+                    Command::Msg { to, data } => NodeMsg::Msg { room: room_id, from, conn, player, to, data },
+                    Command::Leave => NodeMsg::Leave { room: room_id, from, conn, player },
+                    Command::Detach => {
+                        relay.unfollow_conn(room, conn).await;
+                        NodeMsg::Detach { room: room_id, from, conn, player }
+                    }
+                    Command::Forget => {
+                        relay.unfollow_conn(room, conn).await;
+                        return Flow::Stop;
+                    }
+                };
+                relay.send(owner, &msg).await.is_ok()
+            }
+        };
+        if !sent {
+            // The room stopped or its owner is unreachable: the client reconnects and
+            // resumes wherever the room lives now.
+            self.control().close(CloseCode::RoomMoved, "the room is not reachable here");
+            return Flow::Stop;
         }
+        Flow::Continue
     }
 }
 
@@ -394,9 +383,7 @@ fn kind(msg: &ClientMsg) -> &'static str {
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Upper bound on how long a closing connection may spend flushing its queue.

@@ -65,10 +65,7 @@ pub async fn run(
                 }
             }
             let reason = truncate(&reason, MAX_CLOSE_REASON);
-            let frame = CloseFrame {
-                code: code.code(),
-                reason: reason.into(),
-            };
+            let frame = CloseFrame { code: code.code(), reason: reason.into() };
             let _ = sink.send(Message::Close(Some(frame))).await;
         })
         .await;

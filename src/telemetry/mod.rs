@@ -15,9 +15,7 @@ pub fn init_tracing(config: &Config) {
     let Ok(filter) = config.log_filter() else {
         return;
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
     let _ = match config.log_format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -32,17 +30,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-                &[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    1.0,
-                ],
+                &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             )
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Suffix("_bytes".into()),
-                    &[
-                        64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
-                    ],
+                    &[64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0],
                 )
             })
             .map(|b| b.build_recorder())
@@ -61,56 +54,30 @@ fn describe() {
     use names::*;
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
     describe_counter!(CONNECTIONS_OPENED, "WebSocket connections accepted");
-    describe_counter!(
-        CONNECTIONS_CLOSED,
-        "WebSocket connections closed, by reason"
-    );
+    describe_counter!(CONNECTIONS_CLOSED, "WebSocket connections closed, by reason");
     describe_counter!(CONNECTIONS_REFUSED, "Upgrades refused at --max-connections");
     describe_gauge!(ROOMS, "Live rooms on this node");
     describe_counter!(ROOMS_CREATED, "Rooms created, by type");
     describe_counter!(ROOMS_DISPOSED, "Rooms disposed, by type");
-    describe_gauge!(
-        PLAYERS,
-        "Players in rooms on this node, connected or within grace"
-    );
+    describe_gauge!(PLAYERS, "Players in rooms on this node, connected or within grace");
     describe_counter!(FRAMES_IN, "Frames received, by message kind");
     describe_counter!(BYTES_IN, Unit::Bytes, "Bytes received in binary frames");
     describe_counter!(FRAMES_OUT, "Frames written to sockets");
     describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to sockets");
     describe_counter!(OPS_ACCEPTED, "Op batches applied");
     describe_counter!(OPS_REJECTED, "Op batches rejected, by error code");
-    describe_counter!(
-        OPS_DUPLICATE,
-        "Retried cids answered with their original ack"
-    );
+    describe_counter!(OPS_DUPLICATE, "Retried cids answered with their original ack");
     describe_counter!(DELTAS, "Deltas sequenced");
     describe_counter!(DELIVERIES, "Messages queued to members");
-    describe_histogram!(
-        FANOUT_SECONDS,
-        Unit::Seconds,
-        "Op received to delta queued to all members"
-    );
+    describe_histogram!(FANOUT_SECONDS, Unit::Seconds, "Op received to delta queued to all members");
     describe_histogram!(DELTA_BYTES, Unit::Bytes, "Encoded delta size, by room type");
-    describe_histogram!(
-        STATE_BYTES,
-        Unit::Bytes,
-        "Room state size at snapshots, by room type"
-    );
+    describe_histogram!(STATE_BYTES, Unit::Bytes, "Room state size at snapshots, by room type");
     describe_counter!(JOINS, "Joins, by outcome");
-    describe_counter!(
-        SESSIONS_EXPIRED,
-        "Sessions expired after the reconnect grace"
-    );
-    describe_counter!(
-        SESSIONS_REPLACED,
-        "Connections replaced by a newer one for the same session"
-    );
+    describe_counter!(SESSIONS_EXPIRED, "Sessions expired after the reconnect grace");
+    describe_counter!(SESSIONS_REPLACED, "Connections replaced by a newer one for the same session");
     describe_counter!(OUTBOX_DROPPED, "Messages dropped at a full outbound queue");
     describe_counter!(RESYNCS, "Resync snapshots sent to lagging members");
-    describe_counter!(
-        SLOW_CONSUMERS,
-        "Members closed after lagging past the slow-consumer timeout"
-    );
+    describe_counter!(SLOW_CONSUMERS, "Members closed after lagging past the slow-consumer timeout");
     describe_counter!(BAD_FRAMES, "Malformed frames, by error code");
     describe_gauge!(BUILD_INFO, "Build information");
 }

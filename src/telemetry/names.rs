@@ -56,6 +56,12 @@ pub const RESYNCS: &str = "gamerelay_resyncs_total";
 pub const SLOW_CONSUMERS: &str = "gamerelay_slow_consumer_disconnects_total";
 /// Counter: malformed frames, by `code`.
 pub const BAD_FRAMES: &str = "gamerelay_bad_frames_total";
+/// Histogram (seconds): writing one room snapshot to the backplane (cluster mode).
+pub const SNAPSHOT_SECONDS: &str = "gamerelay_snapshot_duration_seconds";
+/// Counter: rooms claimed (ownership taken) by this node, by `outcome` (`new`, `restored`).
+pub const CLAIMS: &str = "gamerelay_room_claims_total";
+/// Counter: rooms this node stopped owning because it was fenced or a commit failed.
+pub const HANDOFFS: &str = "gamerelay_room_handoffs_total";
 /// Gauge: 1, with labels `version` and `node`.
 pub const BUILD_INFO: &str = "gamerelay_build_info";
 
@@ -88,6 +94,9 @@ pub const ALL: &[&str] = &[
     RESYNCS,
     SLOW_CONSUMERS,
     BAD_FRAMES,
+    SNAPSHOT_SECONDS,
+    CLAIMS,
+    HANDOFFS,
     BUILD_INFO,
 ];
 
@@ -97,10 +106,7 @@ mod tests {
     fn every_metric_is_documented_in_metrics_md() {
         let doc = include_str!("../../docs/METRICS.md");
         for name in super::ALL {
-            assert!(
-                doc.contains(&format!("`{name}`")),
-                "{name} is missing from docs/METRICS.md"
-            );
+            assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/METRICS.md");
         }
     }
 }

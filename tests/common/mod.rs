@@ -31,9 +31,13 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a node with default settings plus `args` (flags as on the command line).
     pub async fn start(args: &[&str]) -> TestServer {
-        let mut all = vec!["gamerelay", "--listen", "127.0.0.1:0", "--log", "warn"];
+        let mut all = vec!["gamerelay", "--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
+        if let Ok(filter) = std::env::var("GAMERELAY_TEST_LOG") {
+            all.extend_from_slice(&["--log", Box::leak(filter.into_boxed_str())]);
+        }
         let config = Config::parse_from(all);
+        gamerelay::telemetry::init_tracing(&config);
         let server = Server::bind(config).await.expect("bind test server");
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -45,11 +49,7 @@ impl TestServer {
                 .await
                 .expect("server run");
         });
-        TestServer {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        TestServer { addr, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self) -> String {
@@ -98,14 +98,8 @@ pub struct JoinedInfo {
 
 impl Raw {
     pub async fn connect(server: &TestServer) -> Raw {
-        let (ws, _) = tokio_tungstenite::connect_async(server.url())
-            .await
-            .expect("connect");
-        Raw {
-            ws,
-            buffered: VecDeque::new(),
-            batch_frames: 0,
-        }
+        let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.expect("connect");
+        Raw { ws, buffered: VecDeque::new(), batch_frames: 0 }
     }
 
     pub async fn send(&mut self, msg: &ClientMsg) {
@@ -113,17 +107,11 @@ impl Raw {
     }
 
     pub async fn send_bytes(&mut self, bytes: impl Into<Bytes>) {
-        self.ws
-            .send(Message::Binary(bytes.into()))
-            .await
-            .expect("send frame");
+        self.ws.send(Message::Binary(bytes.into())).await.expect("send frame");
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.into()))
-            .await
-            .expect("send text");
+        self.ws.send(Message::Text(text.into())).await.expect("send text");
     }
 
     /// The next message (batches are flattened) or the close, failing the test after [`WAIT`].
@@ -132,9 +120,7 @@ impl Raw {
             return Incoming::Msg(msg);
         }
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame within the wait");
+            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("a frame within the wait");
             match next {
                 Some(Ok(Message::Binary(b))) => {
                     match protocol::decode_server(&b).expect("server frames decode") {
@@ -149,24 +135,13 @@ impl Raw {
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
-                        (u16::from(f.code), f.reason.to_string())
-                    });
+                    let (code, reason) =
+                        frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
                     return Incoming::Closed { code, reason };
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    return Incoming::Closed {
-                        code: 1006,
-                        reason: e.to_string(),
-                    }
-                }
-                None => {
-                    return Incoming::Closed {
-                        code: 1006,
-                        reason: "stream ended".into(),
-                    }
-                }
+                Some(Err(e)) => return Incoming::Closed { code: 1006, reason: e.to_string() },
+                None => return Incoming::Closed { code: 1006, reason: "stream ended".into() },
             }
         }
     }
@@ -199,11 +174,7 @@ impl Raw {
     }
 
     pub async fn hello(&mut self) {
-        self.send(&ClientMsg::Hello {
-            v: 1,
-            client: Some("tests".into()),
-        })
-        .await;
+        self.send(&ClientMsg::Hello { v: 1, client: Some("tests".into()) }).await;
         match self.msg().await {
             ServerMsg::Welcome { v: 1, .. } => {}
             other => panic!("expected welcome, got {other:?}"),
@@ -222,20 +193,9 @@ impl Raw {
     /// hello + join; panics unless joined.
     pub async fn join(&mut self, join: Join) -> JoinedInfo {
         match self.join_msg(join).await {
-            ServerMsg::Joined {
-                player,
-                session,
-                resumed,
-                cid,
-                snapshot,
-                ..
-            } => JoinedInfo {
-                player,
-                session,
-                resumed,
-                cid,
-                snapshot,
-            },
+            ServerMsg::Joined { player, session, resumed, cid, snapshot, .. } => {
+                JoinedInfo { player, session, resumed, cid, snapshot }
+            }
             other => panic!("expected joined, got {other:?}"),
         }
     }
@@ -256,8 +216,7 @@ impl Raw {
     /// arrives before it.
     pub async fn ping(&mut self, id: u64) {
         self.send(&ClientMsg::Ping { id }).await;
-        self.until(|m| matches!(m, ServerMsg::Pong { id: got, .. } if *got == id).then_some(()))
-            .await;
+        self.until(|m| matches!(m, ServerMsg::Pong { id: got, .. } if *got == id).then_some(())).await;
     }
 
     /// Drops the TCP connection without a WebSocket close handshake.
@@ -267,25 +226,15 @@ impl Raw {
 }
 
 pub fn new_join(room: &str, room_type: &str) -> Join {
-    Join {
-        room: room.into(),
-        room_type: room_type.into(),
-        ..Join::default()
-    }
+    Join { room: room.into(), room_type: room_type.into(), ..Join::default() }
 }
 
 pub fn set(path: &str, value: impl Into<Doc>) -> Op {
-    Op::Set {
-        path: path.into(),
-        value: value.into(),
-    }
+    Op::Set { path: path.into(), value: value.into() }
 }
 
 pub fn inc(path: &str, by: i32) -> Op {
-    Op::Inc {
-        path: path.into(),
-        by: Doc::from(by),
-    }
+    Op::Inc { path: path.into(), by: Doc::from(by) }
 }
 
 /// A client-side mirror: snapshot + deltas applied in seq order, as a real client does.
@@ -298,16 +247,8 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn from_snapshot(s: &Snapshot) -> Mirror {
-        assert_eq!(
-            s.state.state_hash(),
-            s.hash,
-            "snapshot hash matches its state"
-        );
-        Mirror {
-            epoch: s.epoch,
-            seq: s.seq,
-            state: s.state.clone(),
-        }
+        assert_eq!(s.state.state_hash(), s.hash, "snapshot hash matches its state");
+        Mirror { epoch: s.epoch, seq: s.seq, state: s.state.clone() }
     }
 
     /// Applies a delta, asserting G3: same epoch, exactly the next seq.

@@ -72,7 +72,7 @@ impl ClientError {
     pub(crate) fn retry_reconnect(&self) -> bool {
         match self {
             ClientError::Connect(_) | ClientError::HandshakeTimeout(_) => true,
-            ClientError::Closed { code, .. } => code.map_or(true, should_reconnect),
+            ClientError::Closed { code, .. } => code.is_none_or(should_reconnect),
             ClientError::JoinRefused { code, .. } => {
                 code.is_retryable() || *code == ErrorCode::TooManyRooms
             }

@@ -45,22 +45,16 @@ pub struct Arena {
 impl Arena {
     pub fn new(room_id: &str) -> Arena {
         // Deterministic per room: the same room id spawns the same gem sequence.
-        let seed = room_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        Arena {
-            rng: XorShift(seed | 1),
-            movers: HashMap::new(),
-        }
+        let seed = room_id
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        Arena { rng: XorShift(seed | 1), movers: HashMap::new() }
     }
 
     fn random_point(&mut self) -> (f64, f64) {
         let margin = 50.0;
         let span = SIZE - 2.0 * margin;
-        (
-            (margin + self.rng.next_f64() * span).round(),
-            (margin + self.rng.next_f64() * span).round(),
-        )
+        ((margin + self.rng.next_f64() * span).round(), (margin + self.rng.next_f64() * span).round())
     }
 
     fn player_path(player: &str, key: &str) -> Result<Path, Refusal> {
@@ -68,21 +62,10 @@ impl Arena {
     }
 
     /// Spends movement budget to go from `from` to `to`; returns where the player ends up.
-    fn limit_move(
-        &mut self,
-        player: &str,
-        from: (f64, f64),
-        to: (f64, f64),
-        now: Instant,
-    ) -> (f64, f64) {
+    fn limit_move(&mut self, player: &str, from: (f64, f64), to: (f64, f64), now: Instant) -> (f64, f64) {
         let burst = SPEED * BURST_SECS;
-        let mover = self.movers.entry(player.to_owned()).or_insert(Mover {
-            budget: burst,
-            refilled_at: now,
-        });
-        let dt = now
-            .saturating_duration_since(mover.refilled_at)
-            .as_secs_f64();
+        let mover = self.movers.entry(player.to_owned()).or_insert(Mover { budget: burst, refilled_at: now });
+        let dt = now.saturating_duration_since(mover.refilled_at).as_secs_f64();
         mover.budget = (mover.budget + dt * SPEED).min(burst);
         mover.refilled_at = now;
         let to = (to.0.clamp(0.0, SIZE), to.1.clamp(0.0, SIZE));
@@ -129,13 +112,7 @@ impl RoomType for Arena {
         me.insert("y".into(), num(y)?);
         me.insert("score".into(), Doc::Int(0));
         txn.set(&Path::from_segments(["players", player])?, Doc::Map(me))?;
-        self.movers.insert(
-            player.to_owned(),
-            Mover {
-                budget: SPEED * BURST_SECS,
-                refilled_at: now,
-            },
-        );
+        self.movers.insert(player.to_owned(), Mover { budget: SPEED * BURST_SECS, refilled_at: now });
         Ok(())
     }
 
@@ -153,10 +130,7 @@ impl RoomType for Arena {
     ) -> Result<(), Refusal> {
         let me = Path::from_segments(["players", player])?;
         if txn.get(&me).is_none() {
-            return Err(Refusal::new(
-                ErrorCode::Forbidden,
-                "you have no player in this arena",
-            ));
+            return Err(Refusal::new(ErrorCode::Forbidden, "you have no player in this arena"));
         }
         let mut target: (Option<f64>, Option<f64>) = (None, None);
         let mut name: Option<String> = None;
@@ -173,9 +147,7 @@ impl RoomType for Arena {
                     }
                 }
                 "name" => {
-                    let s = value
-                        .as_str()
-                        .ok_or_else(|| Refusal::bad_value("name must be a string"))?;
+                    let s = value.as_str().ok_or_else(|| Refusal::bad_value("name must be a string"))?;
                     if s.len() > MAX_NAME_BYTES {
                         return Err(Refusal::bad_value(format!(
                             "name is longer than {MAX_NAME_BYTES} bytes"
@@ -206,20 +178,14 @@ impl RoomType for Arena {
         if target == (None, None) {
             return Ok(());
         }
-        let (px, py) = (
-            Self::player_path(player, "x")?,
-            Self::player_path(player, "y")?,
-        );
+        let (px, py) = (Self::player_path(player, "x")?, Self::player_path(player, "y")?);
         let from = (number(txn.get(&px)), number(txn.get(&py)));
         let to = (target.0.unwrap_or(from.0), target.1.unwrap_or(from.1));
         let (x, y) = self.limit_move(player, from, to, now);
         txn.set(&px, num(x)?)?;
         txn.set(&py, num(y)?)?;
         for g in 0..GEMS {
-            let (gx, gy) = (
-                Path::parse(&format!("gems/g{g}/x"))?,
-                Path::parse(&format!("gems/g{g}/y"))?,
-            );
+            let (gx, gy) = (Path::parse(&format!("gems/g{g}/x"))?, Path::parse(&format!("gems/g{g}/y"))?);
             let (dx, dy) = (number(txn.get(&gx)) - x, number(txn.get(&gy)) - y);
             if dx * dx + dy * dy <= GEM_RADIUS * GEM_RADIUS {
                 let score = Self::player_path(player, "score")?;
@@ -235,10 +201,7 @@ impl RoomType for Arena {
 
     fn is_volatile(&self, path: &str) -> bool {
         let mut s = path.split('/');
-        matches!(
-            (s.next(), s.next(), s.next(), s.next()),
-            (Some("players"), Some(_), Some("x" | "y"), None)
-        )
+        matches!((s.next(), s.next(), s.next(), s.next()), (Some("players"), Some(_), Some("x" | "y"), None))
     }
 }
 
@@ -268,12 +231,7 @@ mod tests {
 
     impl Fixture {
         fn new() -> Fixture {
-            let mut f = Fixture {
-                doc: Doc::map(),
-                size: 1,
-                arena: Arena::new("room"),
-                t0: Instant::now(),
-            };
+            let mut f = Fixture { doc: Doc::map(), size: 1, arena: Arena::new("room"), t0: Instant::now() };
             let mut t = Txn::new(&mut f.doc, &mut f.size, 1 << 20);
             f.arena.init(&mut t).unwrap();
             f.arena.on_join("p1", &mut t, f.t0).unwrap();
@@ -281,10 +239,7 @@ mod tests {
             f
         }
         fn pos(&self) -> (f64, f64) {
-            (
-                number(self.doc.get(["players", "p1", "x"])),
-                number(self.doc.get(["players", "p1", "y"])),
-            )
+            (number(self.doc.get(["players", "p1", "x"])), number(self.doc.get(["players", "p1", "y"])))
         }
         fn apply(&mut self, ops: Vec<ParsedOp>, after: Duration) -> Result<(), Refusal> {
             let mut t = Txn::new(&mut self.doc, &mut self.size, 1 << 20);
@@ -295,10 +250,7 @@ mod tests {
     }
 
     fn set(path: &str, v: f64) -> ParsedOp {
-        ParsedOp::Set {
-            path: Path::parse(path).unwrap(),
-            value: Doc::number(v).unwrap(),
-        }
+        ParsedOp::Set { path: Path::parse(path).unwrap(), value: Doc::number(v).unwrap() }
     }
 
     #[test]
@@ -306,18 +258,12 @@ mod tests {
         let mut f = Fixture::new();
         let (x0, y0) = f.pos();
         let far = if x0 < 500.0 { x0 + 400.0 } else { x0 - 400.0 };
-        f.apply(vec![set("players/p1/x", far)], Duration::from_millis(50))
-            .unwrap();
+        f.apply(vec![set("players/p1/x", far)], Duration::from_millis(50)).unwrap();
         let (x1, y1) = f.pos();
-        assert!(
-            ((x1 - x0).abs() - SPEED * BURST_SECS).abs() < 1e-6,
-            "moved {}",
-            (x1 - x0).abs()
-        );
+        assert!(((x1 - x0).abs() - SPEED * BURST_SECS).abs() < 1e-6, "moved {}", (x1 - x0).abs());
         assert_eq!(y1, y0);
         // Right after, the budget is spent: only 10 ms of speed is available.
-        f.apply(vec![set("players/p1/x", far)], Duration::from_millis(60))
-            .unwrap();
+        f.apply(vec![set("players/p1/x", far)], Duration::from_millis(60)).unwrap();
         assert!(((f.pos().0 - x1).abs() - SPEED * 0.01).abs() < 1e-6);
     }
 
@@ -325,11 +271,8 @@ mod tests {
     fn positions_stay_inside_the_arena() {
         let mut f = Fixture::new();
         for i in 1..40 {
-            f.apply(
-                vec![set("players/p1/x", -1e6), set("players/p1/y", 1e6)],
-                Duration::from_secs(i),
-            )
-            .unwrap();
+            f.apply(vec![set("players/p1/x", -1e6), set("players/p1/y", 1e6)], Duration::from_secs(i))
+                .unwrap();
         }
         assert_eq!(f.pos(), (0.0, SIZE));
     }
@@ -337,33 +280,17 @@ mod tests {
     #[test]
     fn touching_a_gem_scores_and_the_score_is_server_owned() {
         let mut f = Fixture::new();
-        let gem = (
-            number(f.doc.get(["gems", "g0", "x"])),
-            number(f.doc.get(["gems", "g0", "y"])),
-        );
+        let gem = (number(f.doc.get(["gems", "g0", "x"])), number(f.doc.get(["gems", "g0", "y"])));
         // One second per step refills the whole budget: at most 15 steps cross the arena.
         for step in 1..=15 {
-            f.apply(
-                vec![set("players/p1/x", gem.0), set("players/p1/y", gem.1)],
-                Duration::from_secs(step),
-            )
-            .unwrap();
+            f.apply(vec![set("players/p1/x", gem.0), set("players/p1/y", gem.1)], Duration::from_secs(step))
+                .unwrap();
         }
         assert!(f.doc.get(["players", "p1", "score"]).and_then(Doc::as_i64) >= Some(1));
-        assert_ne!(
-            (
-                number(f.doc.get(["gems", "g0", "x"])),
-                number(f.doc.get(["gems", "g0", "y"]))
-            ),
-            gem
-        );
-        let e = f
-            .apply(vec![set("players/p1/score", 99.0)], Duration::from_secs(21))
-            .unwrap_err();
+        assert_ne!((number(f.doc.get(["gems", "g0", "x"])), number(f.doc.get(["gems", "g0", "y"]))), gem);
+        let e = f.apply(vec![set("players/p1/score", 99.0)], Duration::from_secs(21)).unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
-        let e = f
-            .apply(vec![set("players/p2/x", 1.0)], Duration::from_secs(22))
-            .unwrap_err();
+        let e = f.apply(vec![set("players/p2/x", 1.0)], Duration::from_secs(22)).unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
     }
 

@@ -39,10 +39,7 @@ mod tests {
     use crate::protocol::{Doc, ErrorCode, Path};
 
     fn set(path: &str) -> ParsedOp {
-        ParsedOp::Set {
-            path: Path::parse(path).unwrap(),
-            value: Doc::Int(1),
-        }
+        ParsedOp::Set { path: Path::parse(path).unwrap(), value: Doc::Int(1) }
     }
 
     #[test]
@@ -52,13 +49,7 @@ mod tests {
         let mut room = DocRoom;
         let now = Instant::now();
         let mut t = Txn::new(&mut doc, &mut size, 1 << 20);
-        room.apply(
-            "p1",
-            vec![set("shared/x"), set("players/p1/x")],
-            &mut t,
-            now,
-        )
-        .unwrap();
+        room.apply("p1", vec![set("shared/x"), set("players/p1/x")], &mut t, now).unwrap();
         for bad in ["players/p2/x", "players", "players/p2"] {
             let e = room.apply("p1", vec![set(bad)], &mut t, now).unwrap_err();
             assert_eq!(e.code, ErrorCode::Forbidden, "{bad}");

@@ -31,13 +31,8 @@ pub trait RoomType: Send + 'static {
 
     /// Validates and applies one op batch of `player`, atomically: on `Err` the room drops
     /// the transaction, which undoes every edit.
-    fn apply(
-        &mut self,
-        player: &str,
-        ops: Vec<ParsedOp>,
-        txn: &mut Txn,
-        now: Instant,
-    ) -> Result<(), Refusal>;
+    fn apply(&mut self, player: &str, ops: Vec<ParsedOp>, txn: &mut Txn, now: Instant)
+        -> Result<(), Refusal>;
 
     /// Whether changes at `path` are volatile (fanned out at once, not written to the durable
     /// log in cluster mode; they survive a failover only as of the last snapshot).

@@ -1,0 +1,24 @@
+//! Cluster mode: several nodes share rooms through Redis.
+//!
+//! - [`keys`]: the keyspace and channel names (every key of a room shares its hash tag).
+//! - [`wire`]: what nodes send each other: commands forwarded to a room's owner
+//!   ([`wire::NodeMsg`], on the owner's inbox channel) and frames a room sends to members on
+//!   other nodes ([`wire::RoomWire`], on the room's channel, in room order).
+//! - [`redis`]: [`redis::RedisBackplane`], the durable [`crate::backplane::Backplane`]:
+//!   leases with fencing epochs, the fenced commit script, snapshots, restore.
+//! - [`relay`]: [`relay::Relay`], the node's pub/sub side: its inbox, the channels of rooms it
+//!   follows for local players, the ordered publisher of each room it owns.
+//!
+//! A room is owned by one node at a time (G1). Players connected to other nodes are
+//! *remote members*: their node forwards their commands to the owner and relays the room's
+//! frames to their sockets. `docs/ARCHITECTURE.md` ("Cluster mode") tells the whole story.
+
+pub mod keys;
+pub mod redis;
+pub mod relay;
+pub mod wire;
+
+/// Milliseconds since the Unix epoch (the floor of new epochs).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,474 @@
+//! `RedisBackplane`: room ownership and durability in Redis.
+//!
+//! - **Claim** (one script): take the lease if it is free or already ours, and move the epoch
+//!   to `max(epoch + 1, now in ms)`, so it never goes backwards, even if Redis lost the key.
+//!   Then restore: the snapshot, plus the log after it, replayed (state, seq, and every
+//!   player's applied cids, which exactly-once needs).
+//! - **Commit** (one script per flush): refuse unless the lease is ours, the epoch is ours and
+//!   the head is the seq we build on; then `XADD` each delta with its seq as the entry id and
+//!   move the head. The room fans a batch out only after this returns OK (G2).
+//! - **Snapshot** (one script): fenced the same way; store it if newer, trim the log below
+//!   it (keeping `--delta-ring` entries for resumes).
+//! - **Leases** are renewed every third of the TTL on their own connection by compare-and-set
+//!   (lease and epoch must still be ours). A room whose lease could not be renewed for two
+//!   thirds of the TTL is fenced locally (its room stops) before the lease can expire in
+//!   Redis, so two nodes never act as owner at once (G1).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Script};
+use tokio_util::sync::CancellationToken;
+
+use super::keys::Keys;
+use super::unix_ms;
+use crate::backplane::{
+    Backplane, BackplaneError, Claim, CommitBatch, PlayerRecord, RoomSnapshot, SNAPSHOT_FORMAT,
+};
+use crate::protocol::{apply_resolved, decode_server, ServerMsg};
+
+const CLAIM: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return {0, cur} end
+local e = tonumber(redis.call('GET', KEYS[2]) or '0')
+local n = math.max(e + 1, tonumber(ARGV[3]))
+local s = string.format('%d', n)
+redis.call('SET', KEYS[2], s)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, s}
+"#;
+
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+"#;
+
+const COMMIT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease') end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return redis.error_reply('FENCED epoch') end
+local head = redis.call('GET', KEYS[3]) or '0'
+if head ~= ARGV[3] then return redis.error_reply('FENCED head ' .. head) end
+local last = head
+for i = 4, #ARGV, 2 do
+  redis.call('XADD', KEYS[4], ARGV[i] .. '-1', 'd', ARGV[i + 1])
+  last = ARGV[i]
+end
+redis.call('SET', KEYS[3], last)
+return last
+"#;
+
+const SNAPSHOT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease') end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return redis.error_reply('FENCED epoch') end
+local cur = tonumber(redis.call('GET', KEYS[4]) or '-1')
+if tonumber(ARGV[3]) > cur then
+  redis.call('SET', KEYS[3], ARGV[4])
+  redis.call('SET', KEYS[4], ARGV[3])
+  redis.call('XTRIM', KEYS[5], 'MINID', ARGV[5] .. '-0')
+end
+return 1
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '0' then
+  for i = 2, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+return 1
+"#;
+
+/// Settings the backplane takes from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub lease_ttl: Duration,
+    pub timeout: Duration,
+    pub room_key_ttl: Duration,
+    /// Log entries kept below a snapshot, for resumes.
+    pub keep_below_snapshot: u64,
+}
+
+/// A room this node owns.
+struct Owned {
+    epoch: u64,
+    fenced: CancellationToken,
+    /// Last successful claim or renewal (local clock, taken before the command was sent).
+    renewed_at: Instant,
+}
+
+/// The durable, fenced backplane. See the module docs.
+pub struct RedisBackplane {
+    keys: Keys,
+    incarnation: Arc<str>,
+    settings: RedisSettings,
+    conn: MultiplexedConnection,
+    lease_conn: MultiplexedConnection,
+    owned: DashMap<String, Owned>,
+    /// Unix ms of the last successful Redis round trip of the renewer.
+    last_ok_ms: AtomicU64,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    claim: Script,
+    renew: Script,
+    commit: Script,
+    snapshot: Script,
+    release: Script,
+}
+
+fn unavailable(e: redis::RedisError) -> BackplaneError {
+    BackplaneError::Unavailable(e.to_string())
+}
+
+/// Classifies a script error: our own fencing refusals vs. trouble reaching Redis.
+fn script_error(e: redis::RedisError) -> BackplaneError {
+    let text = e.to_string();
+    if text.contains("FENCED") {
+        BackplaneError::Fenced(text)
+    } else {
+        BackplaneError::Unavailable(text)
+    }
+}
+
+impl RedisBackplane {
+    /// Connects (two connections: one for rooms, one for lease renewals) and starts the
+    /// renewer, which stops with `shutdown`.
+    pub async fn connect(
+        settings: RedisSettings,
+        incarnation: Arc<str>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<RedisBackplane>, BackplaneError> {
+        let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout));
+        let conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(unavailable)?;
+        let lease_conn =
+            client.get_multiplexed_async_connection_with_config(&config).await.map_err(unavailable)?;
+        let backplane = Arc::new(RedisBackplane {
+            keys: Keys::new(&settings.prefix),
+            incarnation,
+            settings,
+            conn,
+            lease_conn,
+            owned: DashMap::new(),
+            last_ok_ms: AtomicU64::new(unix_ms()),
+            scripts: Scripts {
+                claim: Script::new(CLAIM),
+                renew: Script::new(RENEW),
+                commit: Script::new(COMMIT),
+                snapshot: Script::new(SNAPSHOT),
+                release: Script::new(RELEASE),
+            },
+        });
+        tokio::spawn(renewer(Arc::downgrade(&backplane), shutdown));
+        Ok(backplane)
+    }
+
+    /// The keyspace.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Fences `room` locally: its room stops acting as owner.
+    fn fence(&self, room: &str, why: &str) {
+        if let Some((_, owned)) = self.owned.remove(room) {
+            tracing::warn!(room, why, "fenced: this node stops owning the room");
+            owned.fenced.cancel();
+        }
+    }
+
+    /// Renews every owned lease once; fences rooms that lost theirs or could not be renewed
+    /// in time.
+    async fn renew_all(&self) {
+        let ttl = self.settings.lease_ttl;
+        let rooms: Vec<(String, u64)> =
+            self.owned.iter().map(|e| (e.key().clone(), e.value().epoch)).collect();
+        let started = Instant::now();
+        let renewals = rooms.iter().map(|(room, epoch)| {
+            let mut conn = self.lease_conn.clone();
+            let (lease, epoch_key) = (self.keys.lease(room), self.keys.epoch(room));
+            let script = &self.scripts.renew;
+            async move {
+                let r: redis::RedisResult<i64> = script
+                    .key(lease)
+                    .key(epoch_key)
+                    .arg(&*self.incarnation)
+                    .arg(epoch.to_string())
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await;
+                r
+            }
+        });
+        let results = futures_util::future::join_all(renewals).await;
+        let mut any_ok = rooms.is_empty();
+        for ((room, _), result) in rooms.iter().zip(results) {
+            match result {
+                Ok(1) => {
+                    any_ok = true;
+                    if let Some(mut owned) = self.owned.get_mut(room) {
+                        owned.renewed_at = started;
+                    }
+                }
+                Ok(_) => self.fence(room, "lease or epoch taken by another node"),
+                Err(e) => tracing::debug!(room, error = %e, "lease renewal failed"),
+            }
+        }
+        if rooms.is_empty() {
+            let mut conn = self.lease_conn.clone();
+            any_ok = redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok();
+        }
+        if any_ok {
+            self.last_ok_ms.store(unix_ms(), Ordering::Relaxed);
+        }
+        // Stop acting as owner before the lease can have expired in Redis.
+        let deadline = ttl * 2 / 3;
+        let stale: Vec<String> = self
+            .owned
+            .iter()
+            .filter(|e| e.renewed_at.elapsed() > deadline)
+            .map(|e| e.key().clone())
+            .collect();
+        for room in stale {
+            self.fence(&room, "lease not renewed in time");
+        }
+    }
+
+    /// Reads the snapshot and replays the log after it.
+    async fn restore(&self, room: &str) -> Result<Option<RoomSnapshot>, BackplaneError> {
+        let mut conn = self.conn.clone();
+        let (snap, head): (Option<Vec<u8>>, Option<u64>) = redis::pipe()
+            .get(self.keys.snap(room))
+            .get(self.keys.head(room))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let Some(snap) = snap else {
+            if head.unwrap_or(0) > 0 {
+                // A log without a snapshot (keys expired unevenly): nothing to restore from.
+                tracing::warn!(room, "log without a snapshot; starting the room afresh");
+                let _: () = redis::pipe()
+                    .del(self.keys.log(room))
+                    .del(self.keys.head(room))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            return Ok(None);
+        };
+        let mut snapshot: RoomSnapshot = rmp_serde::from_slice(&snap)
+            .map_err(|e| BackplaneError::Corrupt(format!("snapshot of {room}: {e}")))?;
+        if snapshot.v != SNAPSHOT_FORMAT {
+            return Err(BackplaneError::Corrupt(format!("snapshot format {} of {room}", snapshot.v)));
+        }
+        let head = head.unwrap_or(snapshot.seq);
+        if head > snapshot.seq {
+            let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(self.keys.log(room))
+                .arg(format!("{}-1", snapshot.seq + 1))
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for entry in entries.ids {
+                let seq: u64 = entry.id.split('-').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                if seq != snapshot.seq + 1 {
+                    return Err(BackplaneError::Corrupt(format!(
+                        "log of {room} jumps from {} to {seq}",
+                        snapshot.seq
+                    )));
+                }
+                let bytes: Vec<u8> = entry.get("d").ok_or_else(|| {
+                    BackplaneError::Corrupt(format!("log entry {seq} of {room} has no delta"))
+                })?;
+                let Ok(ServerMsg::Delta(delta)) = decode_server(&bytes) else {
+                    return Err(BackplaneError::Corrupt(format!("log entry {seq} of {room} is not a delta")));
+                };
+                for op in &delta.ops {
+                    apply_resolved(&mut snapshot.state, op)
+                        .map_err(|e| BackplaneError::Corrupt(format!("log entry {seq} of {room}: {e}")))?;
+                }
+                if let (Some(player), Some(cid)) = (delta.by, delta.cid) {
+                    record_applied(&mut snapshot.players, &player, cid, seq);
+                }
+                snapshot.seq = seq;
+            }
+            if snapshot.seq != head {
+                return Err(BackplaneError::Corrupt(format!(
+                    "log of {room} ends at {}, head is {head}",
+                    snapshot.seq
+                )));
+            }
+        }
+        Ok(Some(snapshot))
+    }
+
+    fn key_list(&self, room: &str) -> [String; 4] {
+        [self.keys.lease(room), self.keys.epoch(room), self.keys.head(room), self.keys.log(room)]
+    }
+}
+
+/// Adds (cid, seq) to `player`'s record.
+fn record_applied(players: &mut Vec<PlayerRecord>, player: &str, cid: u64, seq: u64) {
+    match players.iter_mut().find(|p| p.player == player) {
+        Some(p) => {
+            p.last_cid = p.last_cid.max(cid);
+            p.applied.push((cid, seq));
+        }
+        None => {
+            players.push(PlayerRecord { player: player.to_owned(), last_cid: cid, applied: vec![(cid, seq)] })
+        }
+    }
+}
+
+async fn renewer(backplane: std::sync::Weak<RedisBackplane>, shutdown: CancellationToken) {
+    loop {
+        let Some(b) = backplane.upgrade() else { return };
+        let period = b.settings.lease_ttl / 3;
+        b.renew_all().await;
+        drop(b);
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[async_trait]
+impl Backplane for RedisBackplane {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn healthy(&self) -> bool {
+        unix_ms().saturating_sub(self.last_ok_ms.load(Ordering::Relaxed))
+            < self.settings.lease_ttl.as_millis() as u64
+    }
+
+    fn wants_snapshots(&self) -> bool {
+        true
+    }
+
+    async fn claim(&self, room: &str, _room_type: &str) -> Result<Claim, BackplaneError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        let (won, value): (i64, String) = self
+            .scripts
+            .claim
+            .key(self.keys.lease(room))
+            .key(self.keys.epoch(room))
+            .arg(&*self.incarnation)
+            .arg(self.settings.lease_ttl.as_millis() as u64)
+            .arg(unix_ms())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if won != 1 {
+            return Err(BackplaneError::OwnedElsewhere(value));
+        }
+        let epoch: u64 =
+            value.parse().map_err(|_| BackplaneError::Corrupt(format!("epoch {value:?} of {room}")))?;
+        let fenced = CancellationToken::new();
+        self.owned.insert(room.to_owned(), Owned { epoch, fenced: fenced.clone(), renewed_at: started });
+        match self.restore(room).await {
+            Ok(restored) => {
+                tracing::info!(room, epoch, restored_seq = restored.as_ref().map(|s| s.seq), "room claimed");
+                Ok(Claim { epoch, restored, fenced })
+            }
+            Err(e) => {
+                let _ = self.release(room, epoch, false).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit(&self, room: &str, epoch: u64, batch: CommitBatch<'_>) -> Result<(), BackplaneError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.commit.prepare_invoke();
+        for key in self.key_list(room) {
+            invocation.key(key);
+        }
+        invocation.arg(&*self.incarnation).arg(epoch.to_string()).arg(batch.prev_seq.to_string());
+        for (seq, bytes) in batch.deltas {
+            invocation.arg(seq.to_string()).arg(bytes.as_ref());
+        }
+        let result: redis::RedisResult<String> = invocation.invoke_async(&mut conn).await;
+        match result.map_err(script_error) {
+            Ok(_) => Ok(()),
+            Err(BackplaneError::Fenced(why)) => {
+                self.fence(room, &why);
+                Err(BackplaneError::Fenced(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn snapshot(&self, room: &str, snapshot: &RoomSnapshot) -> Result<(), BackplaneError> {
+        let blob = rmp_serde::to_vec_named(snapshot).map_err(|e| BackplaneError::Corrupt(e.to_string()))?;
+        let trim_below = snapshot.seq.saturating_sub(self.settings.keep_below_snapshot).max(1);
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<i64> = self
+            .scripts
+            .snapshot
+            .key(self.keys.lease(room))
+            .key(self.keys.epoch(room))
+            .key(self.keys.snap(room))
+            .key(self.keys.snapseq(room))
+            .key(self.keys.log(room))
+            .arg(&*self.incarnation)
+            .arg(snapshot.epoch.to_string())
+            .arg(snapshot.seq.to_string())
+            .arg(blob)
+            .arg(trim_below.to_string())
+            .invoke_async(&mut conn)
+            .await;
+        match result.map_err(script_error) {
+            Ok(_) => Ok(()),
+            Err(BackplaneError::Fenced(why)) => {
+                self.fence(room, &why);
+                Err(BackplaneError::Fenced(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release(&self, room: &str, _epoch: u64, dispose: bool) -> Result<(), BackplaneError> {
+        self.owned.remove(room);
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .release
+            .key(self.keys.lease(room))
+            .key(self.keys.epoch(room))
+            .key(self.keys.head(room))
+            .key(self.keys.log(room))
+            .key(self.keys.snap(room))
+            .key(self.keys.snapseq(room))
+            .arg(&*self.incarnation)
+            .arg(if dispose { self.settings.room_key_ttl.as_millis() as u64 } else { 0 })
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// Reads a room's current lease holder (`None` if free).
+pub async fn lease_holder(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    room: &str,
+) -> redis::RedisResult<Option<String>> {
+    redis::cmd("GET").arg(keys.lease(room)).query_async(conn).await
+}
