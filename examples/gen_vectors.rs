@@ -26,8 +26,7 @@ const SESSION: &str = "sess-7d1e0a9c3b5f42e8a6c0";
 /// 2026-01-01T00:00:00Z in milliseconds.
 const TIME: u64 = 1_767_225_600_000;
 
-const REGENERATE: &str =
-    "cargo run --no-default-features --example gen_vectors > docs/protocol-vectors.json";
+const REGENERATE: &str = "cargo run --no-default-features --example gen_vectors > docs/protocol-vectors.json";
 
 fn main() {
     let markdown = std::env::args().any(|a| a == "--markdown");
@@ -69,25 +68,13 @@ fn vector<T: serde::Serialize>(
     msg: &T,
 ) -> MsgVector {
     let bytes = encode(msg).to_vec();
-    let value =
-        rmpv::decode::read_value(&mut bytes.as_slice()).expect("the encoder writes MessagePack");
-    MsgVector {
-        name,
-        direction,
-        description,
-        value,
-        bytes,
-    }
+    let value = rmpv::decode::read_value(&mut bytes.as_slice()).expect("the encoder writes MessagePack");
+    MsgVector { name, direction, description, value, bytes }
 }
 
 /// Builds a `Doc` map from `(key, value)` pairs.
 fn map<const N: usize>(entries: [(&str, Doc); N]) -> Doc {
-    Doc::Map(
-        entries
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-    )
+    Doc::Map(entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
 fn float(v: f64) -> Doc {
@@ -95,26 +82,16 @@ fn float(v: f64) -> Doc {
 }
 
 fn set(path: &str, value: Doc) -> Op {
-    Op::Set {
-        path: path.to_owned(),
-        value,
-    }
+    Op::Set { path: path.to_owned(), value }
 }
 
 fn del(path: &str) -> Op {
-    Op::Del {
-        path: path.to_owned(),
-    }
+    Op::Del { path: path.to_owned() }
 }
 
 fn snapshot(epoch: u64, seq: u64, state: Doc) -> Snapshot {
     let hash = state.state_hash();
-    Snapshot {
-        epoch,
-        seq,
-        state,
-        hash,
-    }
+    Snapshot { epoch, seq, state, hash }
 }
 
 fn doc_room_state() -> Doc {
@@ -124,14 +101,8 @@ fn doc_room_state() -> Doc {
         (
             "players",
             map([
-                (
-                    ME,
-                    map([("name", Doc::str("ann")), ("ready", Doc::Bool(false))]),
-                ),
-                (
-                    OTHER,
-                    map([("name", Doc::str("bob")), ("ready", Doc::Bool(true))]),
-                ),
+                (ME, map([("name", Doc::str("ann")), ("ready", Doc::Bool(false))])),
+                (OTHER, map([("name", Doc::str("bob")), ("ready", Doc::Bool(true))])),
             ]),
         ),
         ("counters", map([("clicks", Doc::Int(7))])),
@@ -152,37 +123,16 @@ fn arena_state() -> Doc {
                 ("g4", gem(702, 361)),
             ]),
         ),
-        (
-            "players",
-            map([(
-                ME,
-                map([
-                    ("x", float(512.25)),
-                    ("y", Doc::Int(260)),
-                    ("score", Doc::Int(2)),
-                ]),
-            )]),
-        ),
+        ("players", map([(ME, map([("x", float(512.25)), ("y", Doc::Int(260)), ("score", Doc::Int(2))]))])),
     ])
 }
 
 fn delta(seq: u64, cid: Option<u64>, by: Option<&str>, ops: Vec<Op>) -> Delta {
-    Delta {
-        room: ROOM.into(),
-        epoch: 1,
-        seq,
-        cid,
-        by: by.map(str::to_owned),
-        ops,
-    }
+    Delta { room: ROOM.into(), epoch: 1, seq, cid, by: by.map(str::to_owned), ops }
 }
 
 fn presence(status: PresenceStatus) -> ServerMsg {
-    ServerMsg::Presence {
-        room: ROOM.into(),
-        player: OTHER.into(),
-        status,
-    }
+    ServerMsg::Presence { room: ROOM.into(), player: OTHER.into(), status }
 }
 
 fn messages() -> Vec<MsgVector> {
@@ -191,10 +141,7 @@ fn messages() -> Vec<MsgVector> {
         client(
             "hello",
             "First frame of every connection.",
-            ClientMsg::Hello {
-                v: 1,
-                client: Some("example-client/1.0".into()),
-            },
+            ClientMsg::Hello { v: 1, client: Some("example-client/1.0".into()) },
         ),
         client(
             "hello_minimal",
@@ -204,11 +151,7 @@ fn messages() -> Vec<MsgVector> {
         client(
             "join_new",
             "Join (creating if needed) a doc room as a new player.",
-            ClientMsg::Join(Join {
-                room: ROOM.into(),
-                room_type: "doc".into(),
-                ..Join::default()
-            }),
+            ClientMsg::Join(Join { room: ROOM.into(), room_type: "doc".into(), ..Join::default() }),
         ),
         client(
             "join_new_with_token",
@@ -235,29 +178,17 @@ fn messages() -> Vec<MsgVector> {
         client(
             "ops_set",
             "An op batch with one set.",
-            ClientMsg::Ops {
-                cid: 1,
-                ops: vec![set(&me_path("ready"), Doc::Bool(true))],
-            },
+            ClientMsg::Ops { cid: 1, ops: vec![set(&me_path("ready"), Doc::Bool(true))] },
         ),
         client(
             "ops_del",
             "An op batch with one del.",
-            ClientMsg::Ops {
-                cid: 2,
-                ops: vec![del(&me_path("note"))],
-            },
+            ClientMsg::Ops { cid: 2, ops: vec![del(&me_path("note"))] },
         ),
         client(
             "ops_inc",
             "An op batch with one inc.",
-            ClientMsg::Ops {
-                cid: 3,
-                ops: vec![Op::Inc {
-                    path: "counters/clicks".into(),
-                    by: Doc::Int(2),
-                }],
-            },
+            ClientMsg::Ops { cid: 3, ops: vec![Op::Inc { path: "counters/clicks".into(), by: Doc::Int(2) }] },
         ),
         client(
             "ops_merge",
@@ -266,11 +197,7 @@ fn messages() -> Vec<MsgVector> {
                 cid: 4,
                 ops: vec![Op::Merge {
                     path: format!("players/{ME}"),
-                    value: map([
-                        ("name", Doc::str("ann")),
-                        ("color", Doc::str("teal")),
-                        ("note", Doc::Nil),
-                    ]),
+                    value: map([("name", Doc::str("ann")), ("color", Doc::str("teal")), ("note", Doc::Nil)]),
                 }],
             },
         ),
@@ -288,10 +215,7 @@ fn messages() -> Vec<MsgVector> {
                         ]),
                     ),
                     set(&me_path("avatar"), Doc::Bin(vec![0xde, 0xad, 0xbe, 0xef])),
-                    Op::Inc {
-                        path: "counters/time".into(),
-                        by: float(0.25),
-                    },
+                    Op::Inc { path: "counters/time".into(), by: float(0.25) },
                     del("board/winner"),
                 ],
             },
@@ -299,39 +223,24 @@ fn messages() -> Vec<MsgVector> {
         client(
             "ops_cid_uint64",
             "A cid above 2^32 is encoded as uint64.",
-            ClientMsg::Ops {
-                cid: 1 << 32,
-                ops: vec![set("board/turn", Doc::Int(-1))],
-            },
+            ClientMsg::Ops { cid: 1 << 32, ops: vec![set("board/turn", Doc::Int(-1))] },
         ),
         client(
             "msg_room",
             "An ephemeral message to every other member of the room.",
-            ClientMsg::Msg {
-                to: None,
-                data: map([("chat", Doc::str("gl hf"))]),
-            },
+            ClientMsg::Msg { to: None, data: map([("chat", Doc::str("gl hf"))]) },
         ),
         client(
             "msg_to_player",
             "An ephemeral message to one player.",
-            ClientMsg::Msg {
-                to: Some(OTHER.into()),
-                data: Doc::str("typing"),
-            },
+            ClientMsg::Msg { to: Some(OTHER.into()), data: Doc::str("typing") },
         ),
         client("ping", "Round-trip probe.", ClientMsg::Ping { id: 7 }),
         client("leave", "Leave the room for good.", ClientMsg::Leave),
         server(
             "welcome",
             "Answer to hello.",
-            ServerMsg::Welcome {
-                v: 1,
-                node: "node-a".into(),
-                time: TIME,
-                max_frame: 65536,
-                max_ops: 64,
-            },
+            ServerMsg::Welcome { v: 1, node: "node-a".into(), time: TIME, max_frame: 65536, max_ops: 64 },
         ),
         server(
             "joined_new",
@@ -344,14 +253,8 @@ fn messages() -> Vec<MsgVector> {
                 resumed: false,
                 cid: 0,
                 members: vec![
-                    MemberInfo {
-                        player: ME.into(),
-                        status: PresenceStatus::Joined,
-                    },
-                    MemberInfo {
-                        player: OTHER.into(),
-                        status: PresenceStatus::Disconnected,
-                    },
+                    MemberInfo { player: ME.into(), status: PresenceStatus::Joined },
+                    MemberInfo { player: OTHER.into(), status: PresenceStatus::Disconnected },
                 ],
                 snapshot: Some(snapshot(1, 42, doc_room_state())),
             },
@@ -367,14 +270,8 @@ fn messages() -> Vec<MsgVector> {
                 resumed: true,
                 cid: 4,
                 members: vec![
-                    MemberInfo {
-                        player: ME.into(),
-                        status: PresenceStatus::Returned,
-                    },
-                    MemberInfo {
-                        player: OTHER.into(),
-                        status: PresenceStatus::Joined,
-                    },
+                    MemberInfo { player: ME.into(), status: PresenceStatus::Returned },
+                    MemberInfo { player: OTHER.into(), status: PresenceStatus::Joined },
                 ],
                 snapshot: None,
             },
@@ -389,22 +286,14 @@ fn messages() -> Vec<MsgVector> {
                 session: SESSION.into(),
                 resumed: false,
                 cid: 0,
-                members: vec![MemberInfo {
-                    player: ME.into(),
-                    status: PresenceStatus::Joined,
-                }],
+                members: vec![MemberInfo { player: ME.into(), status: PresenceStatus::Joined }],
                 snapshot: Some(snapshot(3, 1200, arena_state())),
             },
         ),
         server(
             "delta_set",
             "The delta of client/ops_set; for its sender it is the ack of cid 1.",
-            ServerMsg::Delta(delta(
-                43,
-                Some(1),
-                Some(ME),
-                vec![set(&me_path("ready"), Doc::Bool(true))],
-            )),
+            ServerMsg::Delta(delta(43, Some(1), Some(ME), vec![set(&me_path("ready"), Doc::Bool(true))])),
         ),
         server(
             "delta_del",
@@ -414,12 +303,7 @@ fn messages() -> Vec<MsgVector> {
         server(
             "delta_inc_resolved",
             "The delta of client/ops_inc: the inc is resolved to a set of the new value.",
-            ServerMsg::Delta(delta(
-                45,
-                Some(3),
-                Some(ME),
-                vec![set("counters/clicks", Doc::Int(9))],
-            )),
+            ServerMsg::Delta(delta(45, Some(3), Some(ME), vec![set("counters/clicks", Doc::Int(9))])),
         ),
         server(
             "delta_merge_resolved",
@@ -451,11 +335,7 @@ fn messages() -> Vec<MsgVector> {
                 by: None,
                 ops: vec![set(
                     &format!("players/{NEWCOMER}"),
-                    map([
-                        ("x", Doc::Int(100)),
-                        ("y", float(900.5)),
-                        ("score", Doc::Int(0)),
-                    ]),
+                    map([("x", Doc::Int(100)), ("y", float(900.5)), ("score", Doc::Int(0))]),
                 )],
             }),
         ),
@@ -468,10 +348,7 @@ fn messages() -> Vec<MsgVector> {
                 seq: 1202,
                 cid: Some(1 << 32),
                 by: Some(ME.into()),
-                ops: vec![
-                    set(&me_path("x"), float(612.25)),
-                    set(&me_path("y"), Doc::Int(260)),
-                ],
+                ops: vec![set(&me_path("x"), float(612.25)), set(&me_path("y"), Doc::Int(260))],
             }),
         ),
         server(
@@ -481,10 +358,7 @@ fn messages() -> Vec<MsgVector> {
                 room: ROOM.into(),
                 snapshot: snapshot(1, 60, doc_room_state()),
                 cid: 6,
-                members: vec![MemberInfo {
-                    player: ME.into(),
-                    status: PresenceStatus::Joined,
-                }],
+                members: vec![MemberInfo { player: ME.into(), status: PresenceStatus::Joined }],
             },
         ),
         server(
@@ -531,11 +405,7 @@ fn messages() -> Vec<MsgVector> {
                 data: map([("notice", Doc::str("round starts in 10 s"))]),
             },
         ),
-        server(
-            "presence_joined",
-            "Another player entered the room.",
-            presence(PresenceStatus::Joined),
-        ),
+        server("presence_joined", "Another player entered the room.", presence(PresenceStatus::Joined)),
         server(
             "presence_disconnected",
             "Another player's connection was lost; its grace runs.",
@@ -546,38 +416,19 @@ fn messages() -> Vec<MsgVector> {
             "Another player resumed within the grace.",
             presence(PresenceStatus::Returned),
         ),
-        server(
-            "presence_left",
-            "Another player is gone for good.",
-            presence(PresenceStatus::Left),
-        ),
-        server(
-            "pong",
-            "Answer to client/ping.",
-            ServerMsg::Pong {
-                id: 7,
-                time: TIME + 1234,
-            },
-        ),
+        server("presence_left", "Another player is gone for good.", presence(PresenceStatus::Left)),
+        server("pong", "Answer to client/ping.", ServerMsg::Pong { id: 7, time: TIME + 1234 }),
         server(
             "error",
             "A request failed (here: ops before joining a room).",
-            ServerMsg::Error {
-                code: "not_joined".into(),
-                message: "join a room first".into(),
-            },
+            ServerMsg::Error { code: "not_joined".into(), message: "join a room first".into() },
         ),
         server(
             "batch",
             "Several messages in one frame, to be handled in order.",
             ServerMsg::Batch {
                 msgs: vec![
-                    ServerMsg::Delta(delta(
-                        48,
-                        Some(8),
-                        Some(OTHER),
-                        vec![set("board/turn", Doc::Int(2))],
-                    )),
+                    ServerMsg::Delta(delta(48, Some(8), Some(OTHER), vec![set("board/turn", Doc::Int(2))])),
                     presence(PresenceStatus::Disconnected),
                     ServerMsg::Ack { cid: 5, seq: 41 },
                 ],
@@ -610,14 +461,7 @@ fn hash_case(name: &'static str, description: &'static str, state_json: String) 
     // What the encoder puts on the wire (e.g. in a snapshot) for this state.
     let wire = encode(&doc).to_vec();
     let input_hex = (wire != canonical).then(|| hex::encode(&wire));
-    HashVector {
-        name,
-        description,
-        state_json,
-        input_hex,
-        hash: doc.state_hash(),
-        canonical,
-    }
+    HashVector { name, description, state_json, input_hex, hash: doc.state_hash(), canonical }
 }
 
 fn hashes() -> Vec<HashVector> {
@@ -625,14 +469,8 @@ fn hashes() -> Vec<HashVector> {
     let s32 = "b".repeat(32);
     let s300 = "0123456789".repeat(30);
     let key40 = "k".repeat(40);
-    let many = (0..16)
-        .map(|i| format!("\"k{i:02}\": {i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let array16 = (0..16)
-        .map(|i| (i * 10).to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let many = (0..16).map(|i| format!("\"k{i:02}\": {i}")).collect::<Vec<_>>().join(", ");
+    let array16 = (0..16).map(|i| (i * 10).to_string()).collect::<Vec<_>>().join(", ");
     let mut v = vec![
         hash_case(
             "worked_example",
@@ -748,11 +586,7 @@ fn json_to_value(j: &serde_json::Value) -> Value {
         J::Array(items) => Value::Array(items.iter().map(json_to_value).collect()),
         J::Object(m) => match (m.len(), m.get("$bin")) {
             (1, Some(J::String(h))) => Value::Binary(hex::decode(h).expect("hex")),
-            _ => Value::Map(
-                m.iter()
-                    .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
-                    .collect(),
-            ),
+            _ => Value::Map(m.iter().map(|(k, v)| (Value::from(k.as_str()), json_to_value(v))).collect()),
         },
     }
 }
@@ -786,29 +620,13 @@ fn ops_with_value(value: Value) -> Vec<u8> {
     write(&vmap(vec![
         ("t", s("ops")),
         ("cid", Value::from(1)),
-        (
-            "ops",
-            Value::Array(vec![vmap(vec![
-                ("op", s("set")),
-                ("path", s("a")),
-                ("value", value),
-            ])]),
-        ),
+        ("ops", Value::Array(vec![vmap(vec![("op", s("set")), ("path", s("a")), ("value", value)])])),
     ]))
 }
 
 fn invalid() -> Vec<InvalidVector> {
-    let inv = |name, direction, reason, bytes| InvalidVector {
-        name,
-        direction,
-        reason,
-        bytes,
-    };
-    let hello = encode(&ClientMsg::Hello {
-        v: 1,
-        client: Some("x".into()),
-    })
-    .to_vec();
+    let inv = |name, direction, reason, bytes| InvalidVector { name, direction, reason, bytes };
+    let hello = encode(&ClientMsg::Hello { v: 1, client: Some("x".into()) }).to_vec();
     let ping = encode(&ClientMsg::Ping { id: 1 }).to_vec();
     let pong = encode(&ServerMsg::Pong { id: 1, time: TIME }).to_vec();
     let nested = (0..65).fold(Value::Nil, |inner, _| Value::Array(vec![inner]));
@@ -829,12 +647,7 @@ fn invalid() -> Vec<InvalidVector> {
         ]))
     };
     vec![
-        inv(
-            "empty_frame",
-            "client",
-            "a frame must hold one MessagePack value",
-            vec![],
-        ),
+        inv("empty_frame", "client", "a frame must hold one MessagePack value", vec![]),
         inv(
             "truncated",
             "client",
@@ -853,12 +666,7 @@ fn invalid() -> Vec<InvalidVector> {
             "unknown message type t",
             write(&vmap(vec![("t", s("shout")), ("text", s("hi"))])),
         ),
-        inv(
-            "missing_type",
-            "client",
-            "no t field",
-            write(&vmap(vec![("v", Value::from(1))])),
-        ),
+        inv("missing_type", "client", "no t field", write(&vmap(vec![("v", Value::from(1))]))),
         inv(
             "missing_field",
             "client",
@@ -869,21 +677,13 @@ fn invalid() -> Vec<InvalidVector> {
             "negative_cid",
             "client",
             "cid is an unsigned integer",
-            write(&vmap(vec![
-                ("t", s("ops")),
-                ("cid", Value::from(-1)),
-                ("ops", Value::Array(vec![])),
-            ])),
+            write(&vmap(vec![("t", s("ops")), ("cid", Value::from(-1)), ("ops", Value::Array(vec![]))])),
         ),
         inv(
             "float_cid",
             "client",
             "cid is an integer; a float (even 1.0) is refused",
-            write(&vmap(vec![
-                ("t", s("ops")),
-                ("cid", Value::F64(1.0)),
-                ("ops", Value::Array(vec![])),
-            ])),
+            write(&vmap(vec![("t", s("ops")), ("cid", Value::F64(1.0)), ("ops", Value::Array(vec![]))])),
         ),
         inv(
             "unknown_op",
@@ -902,12 +702,7 @@ fn invalid() -> Vec<InvalidVector> {
                 ),
             ])),
         ),
-        inv(
-            "nan_in_op",
-            "client",
-            "NaN is not a state value",
-            ops_with_value(Value::F64(f64::NAN)),
-        ),
+        inv("nan_in_op", "client", "NaN is not a state value", ops_with_value(Value::F64(f64::NAN))),
         inv(
             "infinity_in_op",
             "client",
@@ -948,11 +743,7 @@ fn invalid() -> Vec<InvalidVector> {
             "duplicate_field",
             "client",
             "a field appears twice in a message map",
-            write(&vmap(vec![
-                ("t", s("ping")),
-                ("id", Value::from(1)),
-                ("id", Value::from(2)),
-            ])),
+            write(&vmap(vec![("t", s("ping")), ("id", Value::from(1)), ("id", Value::from(2))])),
         ),
         inv(
             "non_string_key_in_state",
@@ -984,11 +775,7 @@ fn invalid() -> Vec<InvalidVector> {
 // ---------------------------------------------------------------------------------------------
 // Output: JSON
 
-fn vectors_json(
-    messages: &[MsgVector],
-    hashes: &[HashVector],
-    invalid: &[InvalidVector],
-) -> String {
+fn vectors_json(messages: &[MsgVector], hashes: &[HashVector], invalid: &[InvalidVector]) -> String {
     let q = |x: &str| serde_json::to_string(x).expect("strings serialize");
     let mut out = String::new();
     out.push_str("{\n");
@@ -997,12 +784,10 @@ fn vectors_json(
     let _ = writeln!(
         out,
         "  \"notes\": {},",
-        q(
-            "hex: lowercase hex of the MessagePack frame as the reference encoder writes it. \
+        q("hex: lowercase hex of the MessagePack frame as the reference encoder writes it. \
            json: the same message, maps in wire order; binary values are {\"$bin\": \"hex\"}; \
            JSON integers are MessagePack integers, other JSON numbers are float64. \
-           Decoders must accept any field order and any valid integer width; see docs/PROTOCOL.md."
-        )
+           Decoders must accept any field order and any valid integer width; see docs/PROTOCOL.md.")
     );
     out.push_str("  \"messages\": [\n");
     for (i, m) in messages.iter().enumerate() {
@@ -1012,11 +797,7 @@ fn vectors_json(
         let _ = writeln!(out, "      \"description\": {},", q(m.description));
         let _ = writeln!(out, "      \"json\": {},", json_of(&m.value));
         let _ = writeln!(out, "      \"hex\": {}", q(&hex::encode(&m.bytes)));
-        out.push_str(if i + 1 < messages.len() {
-            "    },\n"
-        } else {
-            "    }\n"
-        });
+        out.push_str(if i + 1 < messages.len() { "    },\n" } else { "    }\n" });
     }
     out.push_str("  ],\n  \"hashes\": [\n");
     for (i, h) in hashes.iter().enumerate() {
@@ -1027,17 +808,9 @@ fn vectors_json(
         if let Some(input) = &h.input_hex {
             let _ = writeln!(out, "      \"input_hex\": {},", q(input));
         }
-        let _ = writeln!(
-            out,
-            "      \"canonical_hex\": {},",
-            q(&hex::encode(&h.canonical))
-        );
+        let _ = writeln!(out, "      \"canonical_hex\": {},", q(&hex::encode(&h.canonical)));
         let _ = writeln!(out, "      \"hash\": {}", q(&h.hash));
-        out.push_str(if i + 1 < hashes.len() {
-            "    },\n"
-        } else {
-            "    }\n"
-        });
+        out.push_str(if i + 1 < hashes.len() { "    },\n" } else { "    }\n" });
     }
     out.push_str("  ],\n  \"invalid\": [\n");
     for (i, v) in invalid.iter().enumerate() {
@@ -1046,11 +819,7 @@ fn vectors_json(
         let _ = writeln!(out, "      \"direction\": {},", q(v.direction));
         let _ = writeln!(out, "      \"reason\": {},", q(v.reason));
         let _ = writeln!(out, "      \"hex\": {}", q(&hex::encode(&v.bytes)));
-        out.push_str(if i + 1 < invalid.len() {
-            "    },\n"
-        } else {
-            "    }\n"
-        });
+        out.push_str(if i + 1 < invalid.len() { "    },\n" } else { "    }\n" });
     }
     out.push_str("  ]\n}\n");
     out
@@ -1170,11 +939,7 @@ fn annotate(bytes: &[u8]) -> String {
     disassemble(bytes, &mut at, 0, "", &mut lines);
     assert_eq!(at, bytes.len(), "annotated the whole frame");
     const WRAP: usize = 12;
-    let width = lines
-        .iter()
-        .map(|l| 2 * l.depth + 3 * l.bytes.len().min(WRAP))
-        .max()
-        .unwrap_or(0);
+    let width = lines.iter().map(|l| 2 * l.depth + 3 * l.bytes.len().min(WRAP)).max().unwrap_or(0);
     let mut out = String::new();
     for l in &lines {
         let chunks: Vec<&[u8]> = l.bytes.chunks(WRAP).collect();
@@ -1204,16 +969,10 @@ fn disassemble(b: &[u8], at: &mut usize, depth: usize, role: &str, lines: &mut V
     let start = *at;
     let m = b[start];
     let be = |from: usize, n: usize| -> u64 {
-        b[from..from + n]
-            .iter()
-            .fold(0u64, |acc, x| (acc << 8) | u64::from(*x))
+        b[from..from + n].iter().fold(0u64, |acc, x| (acc << 8) | u64::from(*x))
     };
     let mut push = |end: usize, what: String, at: &mut usize| {
-        lines.push(Line {
-            depth,
-            bytes: b[start..end].to_vec(),
-            what: format!("{role}{what}"),
-        });
+        lines.push(Line { depth, bytes: b[start..end].to_vec(), what: format!("{role}{what}") });
         *at = end;
     };
     match m {
@@ -1224,11 +983,7 @@ fn disassemble(b: &[u8], at: &mut usize, depth: usize, role: &str, lines: &mut V
         0xc3 => push(start + 1, "true".into(), at),
         0xcc..=0xcf => {
             let n = 1 << (m - 0xcc);
-            push(
-                start + 1 + n,
-                format!("{} (uint{})", be(start + 1, n), 8 * n),
-                at,
-            )
+            push(start + 1 + n, format!("{} (uint{})", be(start + 1, n), 8 * n), at)
         }
         0xd0..=0xd3 => {
             let n = 1 << (m - 0xd0);
@@ -1258,36 +1013,20 @@ fn disassemble(b: &[u8], at: &mut usize, depth: usize, role: &str, lines: &mut V
             } else {
                 text.to_owned()
             };
-            push(
-                start + hdr + len,
-                format!("{shown:?} ({kind}, {})", count(len, "byte")),
-                at,
-            )
+            push(start + hdr + len, format!("{shown:?} ({kind}, {})", count(len, "byte")), at)
         }
         0xc4..=0xc6 => {
             let n = 1 << (m - 0xc4);
             let len = be(start + 1, n) as usize;
-            push(
-                start + 1 + n + len,
-                format!("binary, {} (bin{})", count(len, "byte"), 8 * n),
-                at,
-            )
+            push(start + 1 + n + len, format!("binary, {} (bin{})", count(len, "byte"), 8 * n), at)
         }
         0x90..=0x9f | 0xdc | 0xdd | 0x80..=0x8f | 0xde | 0xdf => {
             let is_map = matches!(m, 0x80..=0x8f | 0xde | 0xdf);
             let (hdr, len, kind) = match m {
                 0x80..=0x8f => (1, usize::from(m & 0x0f), "fixmap"),
                 0x90..=0x9f => (1, usize::from(m & 0x0f), "fixarray"),
-                0xdc | 0xde => (
-                    3,
-                    be(start + 1, 2) as usize,
-                    if is_map { "map16" } else { "array16" },
-                ),
-                _ => (
-                    5,
-                    be(start + 1, 4) as usize,
-                    if is_map { "map32" } else { "array32" },
-                ),
+                0xdc | 0xde => (3, be(start + 1, 2) as usize, if is_map { "map16" } else { "array16" }),
+                _ => (5, be(start + 1, 4) as usize, if is_map { "map32" } else { "array32" }),
             };
             let noun = if is_map { "entry" } else { "item" };
             push(start + hdr, format!("{kind}, {}", count(len, noun)), at);

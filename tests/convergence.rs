@@ -25,10 +25,7 @@ fn action() -> impl Strategy<Value = Action> {
         (0..4u8, -100..100i32).prop_map(|(k, v)| Action::Set(k, v)),
         (0..4u8, -5..5i32).prop_map(|(k, v)| Action::Inc(k, v)),
         (0..4u8).prop_map(Action::Del),
-        (
-            0..4u8,
-            prop::collection::vec((0..3u8, prop::option::of(0..9i32)), 0..3)
-        )
+        (0..4u8, prop::collection::vec((0..3u8, prop::option::of(0..9i32)), 0..3))
             .prop_map(|(k, f)| Action::Merge(k, f)),
         (-100..100i32).prop_map(Action::SetOwn),
     ]
@@ -36,31 +33,17 @@ fn action() -> impl Strategy<Value = Action> {
 
 fn to_op(action: &Action, me: &str) -> Op {
     match action {
-        Action::Set(k, v) => Op::Set {
-            path: format!("shared/k{k}"),
-            value: Doc::from(*v),
-        },
-        Action::Inc(k, by) => Op::Inc {
-            path: format!("shared/k{k}"),
-            by: Doc::from(*by),
-        },
-        Action::Del(k) => Op::Del {
-            path: format!("shared/k{k}"),
-        },
+        Action::Set(k, v) => Op::Set { path: format!("shared/k{k}"), value: Doc::from(*v) },
+        Action::Inc(k, by) => Op::Inc { path: format!("shared/k{k}"), by: Doc::from(*by) },
+        Action::Del(k) => Op::Del { path: format!("shared/k{k}") },
         Action::Merge(k, fields) => {
             let mut map = DocMap::new();
             for (f, v) in fields {
                 map.insert(format!("f{f}"), v.map_or(Doc::Nil, Doc::from));
             }
-            Op::Merge {
-                path: format!("shared/k{k}"),
-                value: Doc::Map(map),
-            }
+            Op::Merge { path: format!("shared/k{k}"), value: Doc::Map(map) }
         }
-        Action::SetOwn(v) => Op::Set {
-            path: format!("players/{me}/v"),
-            value: Doc::from(*v),
-        },
+        Action::SetOwn(v) => Op::Set { path: format!("players/{me}/v"), value: Doc::from(*v) },
     }
 }
 
@@ -107,11 +90,7 @@ async fn run_case(batches: Vec<(usize, Vec<Action>)>) {
             }
         }
         assert_eq!(mirror.seq, truth.seq);
-        assert_eq!(
-            mirror.state.state_hash(),
-            truth.hash,
-            "mirror diverged from the server"
-        );
+        assert_eq!(mirror.state.state_hash(), truth.hash, "mirror diverged from the server");
     }
     server.stop().await;
 }

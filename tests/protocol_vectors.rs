@@ -9,8 +9,8 @@
 use std::collections::BTreeSet;
 
 use gamerelay::protocol::{
-    batch_frame, codec, decode_client, decode_server, encode, should_reconnect, ClientMsg,
-    CloseCode, Doc, ErrorCode, Op, ServerMsg,
+    batch_frame, codec, decode_client, decode_server, encode, should_reconnect, ClientMsg, CloseCode, Doc,
+    ErrorCode, Op, ServerMsg,
 };
 use rmpv::Value;
 use serde_json::Value as Json;
@@ -26,15 +26,11 @@ fn vectors() -> Json {
 }
 
 fn list<'a>(v: &'a Json, key: &str) -> &'a Vec<Json> {
-    v[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("`{key}` is an array"))
+    v[key].as_array().unwrap_or_else(|| panic!("`{key}` is an array"))
 }
 
 fn field<'a>(v: &'a Json, key: &str) -> &'a str {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("`{key}` is a string in {v}"))
+    v[key].as_str().unwrap_or_else(|| panic!("`{key}` is a string in {v}"))
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -60,11 +56,7 @@ fn json_to_value(j: &Json) -> Value {
         Json::Array(items) => Value::Array(items.iter().map(json_to_value).collect()),
         Json::Object(m) => match (m.len(), m.get("$bin")) {
             (1, Some(Json::String(h))) => Value::Binary(unhex(h)),
-            _ => Value::Map(
-                m.iter()
-                    .map(|(k, v)| (Value::from(k.as_str()), json_to_value(v)))
-                    .collect(),
-            ),
+            _ => Value::Map(m.iter().map(|(k, v)| (Value::from(k.as_str()), json_to_value(v))).collect()),
         },
     }
 }
@@ -86,9 +78,7 @@ fn from_json<T: serde::de::DeserializeOwned>(name: &str, j: &Json) -> T {
 /// Every snapshot inside a server message.
 fn snapshots(msg: &ServerMsg) -> Vec<&gamerelay::protocol::Snapshot> {
     match msg {
-        ServerMsg::Joined {
-            snapshot: Some(s), ..
-        } => vec![s],
+        ServerMsg::Joined { snapshot: Some(s), .. } => vec![s],
         ServerMsg::Resync { snapshot, .. } => vec![snapshot],
         ServerMsg::Batch { msgs } => msgs.iter().flat_map(snapshots).collect(),
         _ => vec![],
@@ -100,50 +90,27 @@ fn message_vectors_decode_to_their_json_and_reencode_to_their_hex() {
     let v = vectors();
     assert_eq!(v["version"], 1);
     let messages = list(&v, "messages");
-    assert!(
-        messages.len() >= 30,
-        "expected the full set of message vectors"
-    );
+    assert!(messages.len() >= 30, "expected the full set of message vectors");
     let mut names = BTreeSet::new();
     for m in messages {
         let name = field(m, "name");
         let direction = field(m, "direction");
-        assert!(
-            names.insert((direction, name)),
-            "duplicate vector {direction}/{name}"
-        );
+        assert!(names.insert((direction, name)), "duplicate vector {direction}/{name}");
         let bytes = unhex(field(m, "hex"));
         let json = &m["json"];
         match direction {
             "client" => {
                 let expected: ClientMsg = from_json(name, json);
                 let decoded = decode_client(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(
-                    decoded, expected,
-                    "{name}: decoded frame differs from its JSON"
-                );
-                assert_eq!(
-                    hex::encode(encode(&expected)),
-                    hex::encode(&bytes),
-                    "{name}: re-encoding"
-                );
-                assert!(
-                    decode_server(&bytes).is_err(),
-                    "{name}: a client frame is not a server message"
-                );
+                assert_eq!(decoded, expected, "{name}: decoded frame differs from its JSON");
+                assert_eq!(hex::encode(encode(&expected)), hex::encode(&bytes), "{name}: re-encoding");
+                assert!(decode_server(&bytes).is_err(), "{name}: a client frame is not a server message");
             }
             "server" => {
                 let expected: ServerMsg = from_json(name, json);
                 let decoded = decode_server(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(
-                    decoded, expected,
-                    "{name}: decoded frame differs from its JSON"
-                );
-                assert_eq!(
-                    hex::encode(encode(&expected)),
-                    hex::encode(&bytes),
-                    "{name}: re-encoding"
-                );
+                assert_eq!(decoded, expected, "{name}: decoded frame differs from its JSON");
+                assert_eq!(hex::encode(encode(&expected)), hex::encode(&bytes), "{name}: re-encoding");
             }
             other => panic!("{name}: unknown direction {other:?}"),
         }
@@ -155,20 +122,15 @@ fn message_json_deserializes_directly_with_serde_json() {
     // Binary values have no JSON form; every other vector must deserialize as-is.
     let v = vectors();
     let mut checked = 0;
-    for m in list(&v, "messages")
-        .iter()
-        .filter(|m| !has_binary(&m["json"]))
-    {
+    for m in list(&v, "messages").iter().filter(|m| !has_binary(&m["json"])) {
         let name = field(m, "name");
         let bytes = unhex(field(m, "hex"));
         let json = m["json"].clone();
         if field(m, "direction") == "client" {
-            let direct: ClientMsg =
-                serde_json::from_value(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let direct: ClientMsg = serde_json::from_value(json).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(Some(direct), decode_client(&bytes).ok(), "{name}");
         } else {
-            let direct: ServerMsg =
-                serde_json::from_value(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let direct: ServerMsg = serde_json::from_value(json).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(Some(direct), decode_server(&bytes).ok(), "{name}");
         }
         checked += 1;
@@ -188,17 +150,10 @@ fn vectors_cover_every_message_type_op_kind_and_status() {
             seen.insert(format!("status:{status}"));
         }
         for op in j["ops"].as_array().into_iter().flatten() {
-            seen.insert(format!(
-                "{direction}-op:{}",
-                op["op"].as_str().unwrap_or("?")
-            ));
+            seen.insert(format!("{direction}-op:{}", op["op"].as_str().unwrap_or("?")));
         }
         if j["t"] == "delta" {
-            let who = if j["by"].is_null() && j["cid"].is_null() {
-                "server"
-            } else {
-                "player"
-            };
+            let who = if j["by"].is_null() && j["cid"].is_null() { "server" } else { "player" };
             seen.insert(format!("delta-by:{who}"));
         }
         if j["t"] == "joined" {
@@ -262,10 +217,7 @@ fn vectors_cover_every_message_type_op_kind_and_status() {
 fn snapshot_hashes_in_message_vectors_are_the_state_hash() {
     let v = vectors();
     let mut checked = 0;
-    for m in list(&v, "messages")
-        .iter()
-        .filter(|m| field(m, "direction") == "server")
-    {
+    for m in list(&v, "messages").iter().filter(|m| field(m, "direction") == "server") {
         let msg = decode_server(&unhex(field(m, "hex"))).expect("valid vector");
         for snap in snapshots(&msg) {
             assert_eq!(snap.hash, snap.state.state_hash(), "{}", field(m, "name"));
@@ -279,35 +231,19 @@ fn snapshot_hashes_in_message_vectors_are_the_state_hash() {
 #[test]
 fn deltas_in_vectors_carry_only_set_and_del() {
     let v = vectors();
-    for m in list(&v, "messages")
-        .iter()
-        .filter(|m| field(m, "direction") == "server")
-    {
+    for m in list(&v, "messages").iter().filter(|m| field(m, "direction") == "server") {
         let msg = decode_server(&unhex(field(m, "hex"))).expect("valid vector");
         let deltas: Vec<_> = match &msg {
             ServerMsg::Delta(d) => vec![d.clone()],
             ServerMsg::Batch { msgs } => msgs
                 .iter()
-                .filter_map(|x| {
-                    if let ServerMsg::Delta(d) = x {
-                        Some(d.clone())
-                    } else {
-                        None
-                    }
-                })
+                .filter_map(|x| if let ServerMsg::Delta(d) = x { Some(d.clone()) } else { None })
                 .collect(),
             _ => vec![],
         };
         for d in deltas {
-            assert!(d
-                .ops
-                .iter()
-                .all(|op| matches!(op, Op::Set { .. } | Op::Del { .. })));
-            assert_eq!(
-                d.cid.is_none(),
-                d.by.is_none(),
-                "cid and by are nil together"
-            );
+            assert!(d.ops.iter().all(|op| matches!(op, Op::Set { .. } | Op::Del { .. })));
+            assert_eq!(d.cid.is_none(), d.by.is_none(), "cid and by are nil together");
         }
     }
 }
@@ -322,9 +258,7 @@ fn batch_vector_equals_batch_frame_of_its_parts() {
     assert!(!batches.is_empty());
     for m in batches {
         let bytes = unhex(field(m, "hex"));
-        let Ok(ServerMsg::Batch { msgs }) = decode_server(&bytes) else {
-            panic!("a batch")
-        };
+        let Ok(ServerMsg::Batch { msgs }) = decode_server(&bytes) else { panic!("a batch") };
         let parts: Vec<_> = msgs.iter().map(encode).collect();
         assert_eq!(hex::encode(batch_frame(parts.iter())), hex::encode(&bytes));
     }
@@ -341,40 +275,21 @@ fn hash_vectors_match_canonical_encoding_and_sha256() {
             .unwrap_or_else(|e| panic!("{name}: state_json is not a state: {e}"));
         assert!(matches!(doc, Doc::Map(_)), "{name}: a state is a map");
         let canonical = unhex(field(h, "canonical_hex"));
-        assert_eq!(
-            hex::encode(doc.canonical_bytes()),
-            hex::encode(&canonical),
-            "{name}: canonical"
-        );
+        assert_eq!(hex::encode(doc.canonical_bytes()), hex::encode(&canonical), "{name}: canonical");
         assert_eq!(doc.state_hash(), field(h, "hash"), "{name}: state_hash");
         // The hash is plain SHA-256 of the canonical bytes.
-        assert_eq!(
-            hex::encode(Sha256::digest(&canonical)),
-            field(h, "hash"),
-            "{name}: sha256"
-        );
+        assert_eq!(hex::encode(Sha256::digest(&canonical)), field(h, "hash"), "{name}: sha256");
         // The canonical bytes decode to the same state, and are a fixed point.
         let back: Doc = codec::decode(&canonical).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(back, doc, "{name}: canonical bytes decode to the state");
-        assert_eq!(
-            back.canonical_bytes(),
-            canonical,
-            "{name}: canonical is a fixed point"
-        );
+        assert_eq!(back.canonical_bytes(), canonical, "{name}: canonical is a fixed point");
         assert_eq!(doc.encoded_len(), canonical.len(), "{name}: encoded_len");
         if let Some(input) = h.get("input_hex") {
             let input = unhex(input.as_str().expect("hex string"));
-            assert_ne!(
-                input, canonical,
-                "{name}: input_hex is given only when not canonical"
-            );
+            assert_ne!(input, canonical, "{name}: input_hex is given only when not canonical");
             let decoded: Doc = codec::decode(&input).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(decoded, doc, "{name}: input_hex decodes to the state");
-            assert_eq!(
-                decoded.canonical_bytes(),
-                canonical,
-                "{name}: input_hex canonicalises"
-            );
+            assert_eq!(decoded.canonical_bytes(), canonical, "{name}: input_hex canonicalises");
         }
     }
 }
@@ -392,11 +307,7 @@ fn invalid_vectors_are_refused() {
             "server" => decode_server(&bytes).map(|m| format!("{m:?}")),
             other => panic!("{name}: unknown direction {other:?}"),
         };
-        assert!(
-            result.is_err(),
-            "{name} ({}) decoded as {result:?}",
-            field(i, "reason")
-        );
+        assert!(result.is_err(), "{name} ({}) decoded as {result:?}", field(i, "reason"));
     }
 }
 
@@ -427,10 +338,7 @@ fn doc_dumps(doc: &str) -> Vec<Dump> {
         if !(label.starts_with("vector ") || label.starts_with("canonical ")) {
             continue;
         }
-        let json_line = block
-            .get(1)
-            .and_then(|l| l.strip_prefix("# "))
-            .expect("a JSON line");
+        let json_line = block.get(1).and_then(|l| l.strip_prefix("# ")).expect("a JSON line");
         let json = serde_json::from_str(json_line).unwrap_or_else(|e| panic!("{label}: {e}"));
         let mut bytes = Vec::new();
         let mut sha256 = None;
@@ -447,12 +355,7 @@ fn doc_dumps(doc: &str) -> Vec<Dump> {
                 bytes.push(b);
             }
         }
-        dumps.push(Dump {
-            label: label.to_owned(),
-            json,
-            bytes,
-            sha256,
-        });
+        dumps.push(Dump { label: label.to_owned(), json, bytes, sha256 });
     }
     dumps
 }
@@ -462,11 +365,7 @@ fn protocol_md_dumps_match_the_vectors() {
     let v = vectors();
     let doc = read_doc("PROTOCOL.md");
     let dumps = doc_dumps(&doc);
-    assert!(
-        dumps.len() >= 10,
-        "expected the hex dumps of PROTOCOL.md, found {}",
-        dumps.len()
-    );
+    assert!(dumps.len() >= 10, "expected the hex dumps of PROTOCOL.md, found {}", dumps.len());
     for d in dumps {
         if let Some(id) = d.label.strip_prefix("vector ") {
             let (direction, name) = id.split_once('/').expect("vector <direction>/<name>");
@@ -474,28 +373,16 @@ fn protocol_md_dumps_match_the_vectors() {
                 .iter()
                 .find(|m| field(m, "direction") == direction && field(m, "name") == name)
                 .unwrap_or_else(|| panic!("PROTOCOL.md shows {id}, which is not a vector"));
-            assert_eq!(
-                hex::encode(&d.bytes),
-                field(m, "hex"),
-                "PROTOCOL.md dump of {id}"
-            );
+            assert_eq!(hex::encode(&d.bytes), field(m, "hex"), "PROTOCOL.md dump of {id}");
             assert_eq!(d.json, m["json"], "PROTOCOL.md JSON of {id}");
         } else if let Some(name) = d.label.strip_prefix("canonical ") {
             let h = list(&v, "hashes")
                 .iter()
                 .find(|h| field(h, "name") == name)
                 .unwrap_or_else(|| panic!("PROTOCOL.md shows hash {name}, which is not a vector"));
-            assert_eq!(
-                hex::encode(&d.bytes),
-                field(h, "canonical_hex"),
-                "PROTOCOL.md dump of {name}"
-            );
+            assert_eq!(hex::encode(&d.bytes), field(h, "canonical_hex"), "PROTOCOL.md dump of {name}");
             assert_eq!(d.json, h["state_json"], "PROTOCOL.md JSON of {name}");
-            assert_eq!(
-                d.sha256.as_deref(),
-                Some(field(h, "hash")),
-                "PROTOCOL.md hash of {name}"
-            );
+            assert_eq!(d.sha256.as_deref(), Some(field(h, "hash")), "PROTOCOL.md hash of {name}");
         }
     }
 }
@@ -504,13 +391,7 @@ fn protocol_md_dumps_match_the_vectors() {
 fn table_rows(doc: &str) -> Vec<Vec<String>> {
     doc.lines()
         .filter(|l| l.starts_with('|'))
-        .map(|l| {
-            l.trim()
-                .trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_owned())
-                .collect()
-        })
+        .map(|l| l.trim().trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect())
         .collect()
 }
 
@@ -532,11 +413,7 @@ fn protocol_md_tables_list_every_error_and_close_code_correctly() {
             .iter()
             .find(|r| r.len() >= 4 && r[0] == number)
             .unwrap_or_else(|| panic!("PROTOCOL.md has no close-code row for {number}"));
-        assert_eq!(
-            row[1],
-            format!("`{}`", code.reason()),
-            "reason column of {number}"
-        );
+        assert_eq!(row[1], format!("`{}`", code.reason()), "reason column of {number}");
         let reconnect = if code.should_reconnect() { "yes" } else { "no" };
         assert_eq!(row[2], reconnect, "reconnect column of {number}");
     }
@@ -547,10 +424,6 @@ fn protocol_md_tables_list_every_error_and_close_code_correctly() {
             .iter()
             .find(|r| r.len() >= 4 && r[0] == number.to_string())
             .unwrap_or_else(|| panic!("PROTOCOL.md has no close-code row for {number}"));
-        assert_eq!(
-            row[2],
-            if reconnect { "yes" } else { "no" },
-            "reconnect column of {number}"
-        );
+        assert_eq!(row[2], if reconnect { "yes" } else { "no" }, "reconnect column of {number}");
     }
 }

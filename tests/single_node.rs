@@ -30,15 +30,9 @@ async fn join_returns_a_snapshot_with_a_valid_hash() {
     assert_eq!(info.cid, 0);
     assert_eq!(snap.state.state_hash(), snap.hash);
     // The arena placed the new player in its snapshot.
-    let me = snap
-        .state
-        .get(["players", info.player.as_str()])
-        .expect("own player state");
+    let me = snap.state.get(["players", info.player.as_str()]).expect("own player state");
     assert_eq!(me.get(["score"]), Some(&Doc::Int(0)));
-    assert!(
-        info.session.len() >= 32,
-        "session tokens are long random strings"
-    );
+    assert!(info.session.len() >= 32, "session tokens are long random strings");
     server.stop().await;
 }
 
@@ -54,8 +48,7 @@ async fn g3_deltas_reach_every_member_in_seq_order_and_mirrors_converge() {
     for round in 1..=20u64 {
         for (raw, info) in clients.iter_mut() {
             let own = format!("players/{}/n", info.player);
-            raw.ops(round, vec![set(&own, round as i32), inc("shared/count", 1)])
-                .await;
+            raw.ops(round, vec![set(&own, round as i32), inc("shared/count", 1)]).await;
         }
     }
     let total = 60;
@@ -77,10 +70,7 @@ async fn g3_deltas_reach_every_member_in_seq_order_and_mirrors_converge() {
         assert_eq!(mirror.state.get(["shared", "count"]), Some(&Doc::Int(60)));
         final_hashes.push(mirror.state.state_hash());
     }
-    assert!(
-        final_hashes.windows(2).all(|w| w[0] == w[1]),
-        "every mirror ends with one state"
-    );
+    assert!(final_hashes.windows(2).all(|w| w[0] == w[1]), "every mirror ends with one state");
     // A newcomer's snapshot is the server's state: same hash.
     let (_late, late) = Raw::joined(&server, "fanout", "doc").await;
     assert_eq!(late.snapshot.expect("snapshot").hash, final_hashes[0]);
@@ -106,10 +96,7 @@ async fn g3_with_a_flush_interval_deltas_arrive_coalesced_in_batches_and_in_orde
                 mirror.apply(&d);
             }
         }
-        assert!(
-            raw.batch_frames > 0,
-            "30 back-to-back ops within 20 ms windows share frames"
-        );
+        assert!(raw.batch_frames > 0, "30 back-to-back ops within 20 ms windows share frames");
     }
     server.stop().await;
 }
@@ -120,26 +107,14 @@ async fn ownership_and_validation_violations_are_rejected_with_their_codes() {
     let (mut a, info) = Raw::joined(&server, "rules", "doc").await;
     let (_b, other) = Raw::joined(&server, "rules", "doc").await;
     let cases: Vec<(Vec<Op>, ErrorCode)> = vec![
-        (
-            vec![set(&format!("players/{}/x", other.player), 1)],
-            ErrorCode::Forbidden,
-        ),
+        (vec![set(&format!("players/{}/x", other.player), 1)], ErrorCode::Forbidden),
         (vec![set("players", 1)], ErrorCode::Forbidden),
         (vec![set("a//b", 1)], ErrorCode::BadPath),
-        (
-            vec![set("k/".repeat(20).trim_end_matches('/'), 1)],
-            ErrorCode::BadPath,
-        ),
+        (vec![set("k/".repeat(20).trim_end_matches('/'), 1)], ErrorCode::BadPath),
         (vec![set("x", 1); 5], ErrorCode::TooManyOps),
         (vec![], ErrorCode::TooManyOps),
         (vec![set("s", "text"), inc("s", 1)], ErrorCode::BadValue),
-        (
-            vec![Op::Merge {
-                path: "m".into(),
-                value: Doc::Int(1),
-            }],
-            ErrorCode::BadValue,
-        ),
+        (vec![Op::Merge { path: "m".into(), value: Doc::Int(1) }], ErrorCode::BadValue),
     ];
     for (i, (ops, code)) in cases.into_iter().enumerate() {
         let cid = i as u64 + 1;
@@ -149,15 +124,10 @@ async fn ownership_and_validation_violations_are_rejected_with_their_codes() {
     }
     // Nothing of the refused batches was applied: the shared "s" of the atomic batch is absent.
     let (_c, fresh) = Raw::joined(&server, "rules", "doc").await;
-    assert_eq!(
-        fresh.snapshot.expect("snapshot").state.get(["s"]),
-        None,
-        "refused batches are atomic"
-    );
+    assert_eq!(fresh.snapshot.expect("snapshot").state.get(["s"]), None, "refused batches are atomic");
     // Arena: the score is server-owned.
     let (mut p, me) = Raw::joined(&server, "arena-rules", "arena").await;
-    p.ops(1, vec![set(&format!("players/{}/score", me.player), 100)])
-        .await;
+    p.ops(1, vec![set(&format!("players/{}/score", me.player), 100)]).await;
     assert_eq!(p.until(reject_code).await, (1, "forbidden".to_string()));
     drop(info);
     server.stop().await;
@@ -187,10 +157,7 @@ async fn g4_a_retried_cid_gets_its_original_ack_and_is_not_applied_twice() {
     a.ops(3, vec![set("x", 2)]).await;
     assert_eq!(a.until(reject_code).await, (3, "stale_cid".to_string()));
     let (_b, fresh) = Raw::joined(&server, "exactly-once", "doc").await;
-    assert_eq!(
-        fresh.snapshot.expect("snapshot").state.get(["count"]),
-        Some(&Doc::Int(2))
-    );
+    assert_eq!(fresh.snapshot.expect("snapshot").state.get(["count"]), Some(&Doc::Int(2)));
     server.stop().await;
 }
 
@@ -203,17 +170,8 @@ async fn g5_resume_after_a_dropped_connection_delivers_exactly_the_missed_deltas
     a.ops(1, vec![set("before", 1)]).await;
     b_mirror.apply(&b.until(delta).await);
     b.drop_abruptly().await;
-    a.until(|m| {
-        matches!(
-            m,
-            ServerMsg::Presence {
-                status: PresenceStatus::Disconnected,
-                ..
-            }
-        )
-        .then_some(())
-    })
-    .await;
+    a.until(|m| matches!(m, ServerMsg::Presence { status: PresenceStatus::Disconnected, .. }).then_some(()))
+        .await;
     for cid in 2..=6 {
         a.ops(cid, vec![inc("missed", 1)]).await;
     }
@@ -234,33 +192,17 @@ async fn g5_resume_after_a_dropped_connection_delivers_exactly_the_missed_deltas
         .await;
     assert!(resumed.resumed);
     assert_eq!(resumed.player, b_info.player, "same player identity");
-    assert!(
-        resumed.snapshot.is_none(),
-        "missed deltas, not a snapshot, when they are in the ring"
-    );
+    assert!(resumed.snapshot.is_none(), "missed deltas, not a snapshot, when they are in the ring");
     let mut got = Vec::new();
     while b_mirror.seq < head {
         let d = b.until(delta).await;
         got.push(d.seq);
         b_mirror.apply(&d);
     }
-    assert_eq!(
-        got,
-        ((head - 4)..=head).collect::<Vec<_>>(),
-        "exactly the missed deltas"
-    );
+    assert_eq!(got, ((head - 4)..=head).collect::<Vec<_>>(), "exactly the missed deltas");
     assert_eq!(b_mirror.state.get(["missed"]), Some(&Doc::Int(5)));
-    a.until(|m| {
-        matches!(
-            m,
-            ServerMsg::Presence {
-                status: PresenceStatus::Returned,
-                ..
-            }
-        )
-        .then_some(())
-    })
-    .await;
+    a.until(|m| matches!(m, ServerMsg::Presence { status: PresenceStatus::Returned, .. }).then_some(()))
+        .await;
     server.stop().await;
 }
 
@@ -287,9 +229,7 @@ async fn g5_resume_too_far_behind_gets_a_snapshot() {
             ..new_join("far", "doc")
         })
         .await;
-    let snap = resumed
-        .snapshot
-        .expect("a snapshot when the missed deltas left the ring");
+    let snap = resumed.snapshot.expect("a snapshot when the missed deltas left the ring");
     assert_eq!(snap.state.get(["n"]), Some(&Doc::Int(10)));
     server.stop().await;
 }
@@ -300,17 +240,9 @@ async fn a_session_taken_over_by_a_new_connection_closes_the_old_one_as_replaced
     let (mut old, info) = Raw::joined(&server, "takeover", "doc").await;
     let mut new = Raw::connect(&server).await;
     new.hello().await;
-    let resumed = new
-        .join(Join {
-            session: Some(info.session.clone()),
-            ..new_join("takeover", "doc")
-        })
-        .await;
+    let resumed = new.join(Join { session: Some(info.session.clone()), ..new_join("takeover", "doc") }).await;
     assert_eq!(resumed.player, info.player);
-    assert!(
-        resumed.snapshot.is_some(),
-        "no (epoch, seq) given: snapshot"
-    );
+    assert!(resumed.snapshot.is_some(), "no (epoch, seq) given: snapshot");
     let (code, reason) = old.closed().await;
     assert_eq!(code, 4000);
     assert!(reason.starts_with("replaced"), "{reason}");
@@ -326,16 +258,8 @@ async fn an_unknown_session_is_refused_as_expired() {
     let (_a, _) = Raw::joined(&server, "expiry", "doc").await;
     let mut b = Raw::connect(&server).await;
     b.hello().await;
-    let answer = b
-        .join_msg(Join {
-            session: Some("f".repeat(32)),
-            ..new_join("expiry", "doc")
-        })
-        .await;
-    assert!(
-        matches!(answer, ServerMsg::Error { ref code, .. } if code == "session_expired"),
-        "{answer:?}"
-    );
+    let answer = b.join_msg(Join { session: Some("f".repeat(32)), ..new_join("expiry", "doc") }).await;
+    assert!(matches!(answer, ServerMsg::Error { ref code, .. } if code == "session_expired"), "{answer:?}");
     server.stop().await;
 }
 
@@ -347,11 +271,7 @@ async fn sessions_expire_after_the_reconnect_grace_and_the_player_leaves() {
     b.drop_abruptly().await;
     let left = a
         .until(|m| match m {
-            ServerMsg::Presence {
-                player,
-                status: PresenceStatus::Left,
-                ..
-            } => Some(player.clone()),
+            ServerMsg::Presence { player, status: PresenceStatus::Left, .. } => Some(player.clone()),
             _ => None,
         })
         .await;
@@ -359,20 +279,10 @@ async fn sessions_expire_after_the_reconnect_grace_and_the_player_leaves() {
     // The arena removed the player's state with a server delta.
     let removal = a.until(delta).await;
     assert_eq!(removal.by, None);
-    assert_eq!(
-        removal.ops,
-        vec![Op::Del {
-            path: format!("players/{}", b_info.player)
-        }]
-    );
+    assert_eq!(removal.ops, vec![Op::Del { path: format!("players/{}", b_info.player) }]);
     let mut again = Raw::connect(&server).await;
     again.hello().await;
-    let answer = again
-        .join_msg(Join {
-            session: Some(b_info.session),
-            ..new_join("grace", "arena")
-        })
-        .await;
+    let answer = again.join_msg(Join { session: Some(b_info.session), ..new_join("grace", "arena") }).await;
     assert!(matches!(answer, ServerMsg::Error { ref code, .. } if code == "session_expired"));
     server.stop().await;
 }
@@ -382,55 +292,26 @@ async fn ephemeral_messages_reach_the_room_or_one_player_and_touch_no_state() {
     let server = TestServer::start(&[]).await;
     let (mut a, a_info) = Raw::joined(&server, "chat", "doc").await;
     let (mut b, b_info) = Raw::joined(&server, "chat", "doc").await;
-    a.send(&ClientMsg::Msg {
-        to: None,
-        data: Doc::str("hello room"),
-    })
-    .await;
+    a.send(&ClientMsg::Msg { to: None, data: Doc::str("hello room") }).await;
     let got = b.until(|m| match m {
-        ServerMsg::Msg {
-            from,
-            data,
-            to: None,
-            ..
-        } => Some((from.clone(), data.clone())),
+        ServerMsg::Msg { from, data, to: None, .. } => Some((from.clone(), data.clone())),
         _ => None,
     });
-    assert_eq!(
-        got.await,
-        (Some(a_info.player.clone()), Doc::str("hello room"))
-    );
-    b.send(&ClientMsg::Msg {
-        to: Some(a_info.player.clone()),
-        data: Doc::Int(7),
-    })
-    .await;
+    assert_eq!(got.await, (Some(a_info.player.clone()), Doc::str("hello room")));
+    b.send(&ClientMsg::Msg { to: Some(a_info.player.clone()), data: Doc::Int(7) }).await;
     let got = a.until(|m| match m {
-        ServerMsg::Msg {
-            from,
-            to: Some(_),
-            data,
-            ..
-        } => Some((from.clone(), data.clone())),
+        ServerMsg::Msg { from, to: Some(_), data, .. } => Some((from.clone(), data.clone())),
         _ => None,
     });
     assert_eq!(got.await, (Some(b_info.player.clone()), Doc::Int(7)));
-    a.send(&ClientMsg::Msg {
-        to: Some("p-nobody".into()),
-        data: Doc::Nil,
-    })
-    .await;
+    a.send(&ClientMsg::Msg { to: Some("p-nobody".into()), data: Doc::Nil }).await;
     let code = a.until(|m| match m {
         ServerMsg::Error { code, .. } => Some(code.clone()),
         _ => None,
     });
     assert_eq!(code.await, "unknown_player");
     let (_c, fresh) = Raw::joined(&server, "chat", "doc").await;
-    assert_eq!(
-        fresh.snapshot.expect("snapshot").seq,
-        0,
-        "messages are not state changes"
-    );
+    assert_eq!(fresh.snapshot.expect("snapshot").seq, 0, "messages are not state changes");
     server.stop().await;
 }
 
@@ -440,9 +321,9 @@ async fn malformed_and_truncated_frames_get_error_frames_and_the_node_serves_eve
     let (mut good, _) = Raw::joined(&server, "hostile", "doc").await;
     let (mut bad, _) = Raw::joined(&server, "hostile", "doc").await;
     let frames: Vec<Vec<u8>> = vec![
-        vec![0xc1], // never-used MessagePack byte
+        vec![0xc1],                                                            // never-used MessagePack byte
         gamerelay::protocol::encode(&ClientMsg::Ping { id: 1 })[..3].to_vec(), // truncated
-        vec![0x81, 0xa1, b't', 0xa4, b'n', b'o', b'p', b'e'], // unknown message type
+        vec![0x81, 0xa1, b't', 0xa4, b'n', b'o', b'p', b'e'],                  // unknown message type
     ];
     for f in frames {
         bad.send_bytes(f).await;
@@ -454,16 +335,12 @@ async fn malformed_and_truncated_frames_get_error_frames_and_the_node_serves_eve
     }
     // A NaN inside an op makes the whole frame invalid: nothing is applied.
     let mut nan = Vec::new();
-    nan.extend_from_slice(&[
-        0x83, 0xa1, b't', 0xa3, b'o', b'p', b's', 0xa3, b'c', b'i', b'd', 0x01,
-    ]);
+    nan.extend_from_slice(&[0x83, 0xa1, b't', 0xa3, b'o', b'p', b's', 0xa3, b'c', b'i', b'd', 0x01]);
     nan.extend_from_slice(&[0xa3, b'o', b'p', b's', 0x91, 0x83]);
     nan.extend_from_slice(&[
         0xa2, b'o', b'p', 0xa3, b's', b'e', b't', 0xa4, b'p', b'a', b't', b'h', 0xa1, b'x',
     ]);
-    nan.extend_from_slice(&[
-        0xa5, b'v', b'a', b'l', b'u', b'e', 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 1,
-    ]);
+    nan.extend_from_slice(&[0xa5, b'v', b'a', b'l', b'u', b'e', 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 1]);
     bad.send_bytes(nan).await;
     // That was the 4th malformed frame, over the limit of 3: closed as a protocol error.
     assert_eq!(bad.closed().await.0, 4001);
@@ -528,16 +405,9 @@ async fn a_bad_room_or_type_is_refused_and_the_connection_may_join_again() {
     let (_a, _) = Raw::joined(&server, "typed", "doc").await;
     let mut b = Raw::connect(&server).await;
     b.hello().await;
-    for join in [
-        new_join("typed", "arena"),
-        new_join("bad room!", "doc"),
-        new_join("x", "chess"),
-    ] {
+    for join in [new_join("typed", "arena"), new_join("bad room!", "doc"), new_join("x", "chess")] {
         let answer = b.join_msg(join).await;
-        assert!(
-            matches!(answer, ServerMsg::Error { ref code, .. } if code == "bad_room"),
-            "{answer:?}"
-        );
+        assert!(matches!(answer, ServerMsg::Error { ref code, .. } if code == "bad_room"), "{answer:?}");
     }
     b.join(new_join("typed", "doc")).await;
     let answer = b.join_msg(new_join("typed", "doc")).await;
@@ -553,17 +423,13 @@ async fn rooms_hold_at_most_max_players() {
     let mut c = Raw::connect(&server).await;
     c.hello().await;
     let answer = c.join_msg(new_join("small", "doc")).await;
-    assert!(
-        matches!(answer, ServerMsg::Error { ref code, .. } if code == "room_full"),
-        "{answer:?}"
-    );
+    assert!(matches!(answer, ServerMsg::Error { ref code, .. } if code == "room_full"), "{answer:?}");
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_recreated_room_gets_a_higher_epoch() {
-    let server =
-        TestServer::start(&["--room-idle-ttl-ms", "50", "--reconnect-grace-ms", "50"]).await;
+    let server = TestServer::start(&["--room-idle-ttl-ms", "50", "--reconnect-grace-ms", "50"]).await;
     let (mut a, first) = Raw::joined(&server, "reborn", "doc").await;
     a.send(&ClientMsg::Leave).await;
     assert_eq!(a.closed().await.0, 1000);
@@ -577,10 +443,7 @@ async fn a_recreated_room_gets_a_higher_epoch() {
             break;
         }
         drop(_b);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "room was never disposed"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "room was never disposed");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     server.stop().await;
@@ -622,16 +485,9 @@ async fn http_endpoints_report_health_readiness_and_metrics() {
     };
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     let ready = get("/readyz").await;
-    assert!(
-        ready.starts_with("HTTP/1.1 200") && ready.contains("backplane=embedded"),
-        "{ready}"
-    );
+    assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("backplane=embedded"), "{ready}");
     let metrics = get("/metrics").await;
-    for name in [
-        "gamerelay_deltas_total",
-        "gamerelay_connections",
-        "gamerelay_op_batches_accepted_total",
-    ] {
+    for name in ["gamerelay_deltas_total", "gamerelay_connections", "gamerelay_op_batches_accepted_total"] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
     drop(a);

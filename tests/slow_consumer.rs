@@ -16,25 +16,14 @@ const PAYLOAD: usize = 48 * 1024;
 /// the other member stalls.
 async fn flood(a: &mut Raw) {
     for cid in 1..=BATCHES {
-        a.ops(
-            cid,
-            vec![set("blob", "x".repeat(PAYLOAD)), set("n", cid as i32)],
-        )
-        .await;
-        a.until(|m| matches!(m, ServerMsg::Delta(d) if d.cid == Some(cid)).then_some(()))
-            .await;
+        a.ops(cid, vec![set("blob", "x".repeat(PAYLOAD)), set("n", cid as i32)]).await;
+        a.until(|m| matches!(m, ServerMsg::Delta(d) if d.cid == Some(cid)).then_some(())).await;
     }
 }
 
 #[tokio::test]
 async fn a_member_that_fell_behind_catches_up_with_one_resync_and_converges() {
-    let server = TestServer::start(&[
-        "--outbox-frames",
-        "8",
-        "--slow-consumer-timeout-ms",
-        "60000",
-    ])
-    .await;
+    let server = TestServer::start(&["--outbox-frames", "8", "--slow-consumer-timeout-ms", "60000"]).await;
     let (mut a, _) = Raw::joined(&server, "slow", "doc").await;
     let (mut b, b_info) = Raw::joined(&server, "slow", "doc").await;
     flood(&mut a).await;
@@ -58,22 +47,15 @@ async fn a_member_that_fell_behind_catches_up_with_one_resync_and_converges() {
         }
     }
     assert!(resyncs >= 1, "the lagging member got a resync");
-    assert!(
-        deltas < BATCHES,
-        "it did not get the whole backlog ({deltas} deltas)"
-    );
+    assert!(deltas < BATCHES, "it did not get the whole backlog ({deltas} deltas)");
     let (_c, truth) = Raw::joined(&server, "slow", "doc").await;
-    assert_eq!(
-        mirror.state.state_hash(),
-        truth.snapshot.expect("snapshot").hash
-    );
+    assert_eq!(mirror.state.state_hash(), truth.snapshot.expect("snapshot").hash);
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_member_that_stops_reading_is_closed_after_the_deadline_and_may_resume() {
-    let server =
-        TestServer::start(&["--outbox-frames", "8", "--slow-consumer-timeout-ms", "200"]).await;
+    let server = TestServer::start(&["--outbox-frames", "8", "--slow-consumer-timeout-ms", "200"]).await;
     let (mut a, _) = Raw::joined(&server, "stalled", "doc").await;
     let (mut b, b_info) = Raw::joined(&server, "stalled", "doc").await;
     flood(&mut a).await;

@@ -1,1 +1,145 @@
-fn main() {}
+//! `gamerelay-loadtest`: load generator for gamerelay nodes.
+//!
+//! One subcommand per scenario (`arena` = the reference workload W1). Modules:
+//! - `conn`: target URLs, source addresses, WebSocket connect, `hello` + `join`;
+//! - `wire`: allocation-free reading of server frames on the hot path;
+//! - `stats`: the run's timeline, counters and latency histograms;
+//! - `procstat`: CPU and RSS from `/proc`, the open-files limit;
+//! - `report`: JSON line, human table, validity;
+//! - `scenarios::*`: the scenarios.
+//!
+//! Exit status: 0 when the run completed (valid or not: see `valid` in the report),
+//! 1 when it could not run, 2 for bad usage.
+
+mod conn;
+mod procstat;
+mod report;
+mod scenarios;
+mod stats;
+mod wire;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load generator for gamerelay.
+#[derive(Debug, Parser)]
+#[command(name = "gamerelay-loadtest", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// W1 "arena": R rooms x P players each sending positions at H Hz; measures deliveries,
+    /// input-to-echo latency, and server CPU/RSS per delivery/connection.
+    Arena(scenarios::arena::ArenaArgs),
+}
+
+/// Flags every scenario takes (they may be given before or after the subcommand).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Server WebSocket URL (ws:// only); repeat to spread players over several nodes.
+    #[arg(
+        long = "url",
+        global = true,
+        default_value = "ws://127.0.0.1:8080/ws",
+        value_name = "URL"
+    )]
+    pub urls: Vec<String>,
+    /// Print one JSON line with the figures on stdout (the human summary goes to stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// A server process to measure (CPU over the window, RSS); repeatable.
+    #[arg(long = "server-pid", global = true, value_name = "PID")]
+    pub server_pids: Vec<u32>,
+    /// Tokio worker threads of the generator (1 = a current-thread runtime).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Prefix of room ids (default: unique per run, `lt<pid>-<time>-`).
+    #[arg(long, global = true)]
+    pub room_prefix: Option<String>,
+    /// Connections being set up at once.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Seconds allowed for each of TCP+WebSocket connect and hello+join of a connection.
+    #[arg(long, global = true, default_value_t = 15.0)]
+    pub connect_timeout: f64,
+    /// Bind client sockets to 127.0.0.1..=127.0.0.N (0 = automatic: one per 20000
+    /// connections to a loopback server, to stay clear of the ephemeral port range).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub source_addrs: usize,
+}
+
+impl Common {
+    pub fn room_prefix(&self) -> String {
+        self.room_prefix.clone().unwrap_or_else(|| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!("lt{}-{}-", std::process::id(), secs % 100_000)
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let nofile = match procstat::raise_nofile_limit() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gamerelay-loadtest: cannot read RLIMIT_NOFILE: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.common.connect_timeout.is_nan() || cli.common.connect_timeout <= 0.0 {
+        eprintln!("gamerelay-loadtest: --connect-timeout must be > 0");
+        return ExitCode::from(2);
+    }
+    let threads = cli.common.threads.max(1);
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gamerelay-loadtest: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Arena(args) => scenarios::arena::run(&cli.common, args, nofile).await,
+        }
+    });
+    // Connection tasks still closing are not waited for.
+    runtime.shutdown_background();
+    match result {
+        Ok(report) => {
+            let table = report.table.render();
+            if cli.common.json {
+                eprint!("{table}");
+                println!("{}", report.json);
+            } else {
+                print!("{table}");
+            }
+            if !report.valid {
+                eprintln!("gamerelay-loadtest: the run is INVALID (see invalid_reasons)");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gamerelay-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -474,13 +474,17 @@ fn close(c: &FollowConn, code: u16, reason: &str) {
     c.control.close(code, detail);
 }
 
+/// Closes every member connection of a follow. Connections still joining are not closed:
+/// their join fails as `unavailable`, and the registry looks for the room's owner again.
 fn close_all(follow: &Follow, code: CloseCode, detail: &str) {
     let mut conns = follow.conns.lock().unwrap_or_else(|p| p.into_inner());
     for (_, c) in conns.drain() {
-        if let Some(waiting) = c.waiting {
-            let _ = waiting.send(Err(unavailable(detail.to_owned())));
+        match c.waiting {
+            Some(waiting) => {
+                let _ = waiting.send(Err(unavailable(detail.to_owned())));
+            }
+            None => c.control.close(code, detail),
         }
-        c.control.close(code, detail);
     }
 }
 
