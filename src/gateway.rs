@@ -61,7 +61,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else if !node.backplane.healthy() {
+    } else if !node.backplane.healthy() || node.relay.as_ref().is_some_and(|r| !r.healthy()) {
         (StatusCode::SERVICE_UNAVAILABLE, format!("backplane={} unreachable\n", node.backplane.kind()))
             .into_response()
     } else {

@@ -46,6 +46,8 @@ pub struct Node {
     pub node_id: String,
     pub registry: Registry,
     pub backplane: Arc<dyn Backplane>,
+    /// Cluster mode: the node's pub/sub side.
+    pub relay: Option<Relay>,
     pub metrics: HotMetrics,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
@@ -170,6 +172,7 @@ impl Server {
             node_id,
             registry,
             backplane,
+            relay,
             metrics,
             shutdown,
             tracker,

@@ -14,6 +14,7 @@
 //!   one ordered queue, so followers see them in room order.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,8 @@ struct Inner {
     registry: OnceLock<Registry>,
     lease_ttl: Duration,
     join_timeout: Duration,
+    /// False once the pub/sub connection is lost: the node can no longer hear its inbox.
+    alive: AtomicBool,
 }
 
 fn unavailable(message: impl Into<String>) -> Refusal {
@@ -105,6 +108,7 @@ impl Relay {
                 registry: OnceLock::new(),
                 lease_ttl,
                 join_timeout: timeout * 5,
+                alive: AtomicBool::new(true),
             }),
         };
         tokio::spawn(relay.clone().read(stream, shutdown.clone()));
@@ -115,6 +119,11 @@ impl Relay {
     /// Connects the relay to the rooms it dispatches inbox commands to.
     pub fn set_registry(&self, registry: Registry) {
         let _ = self.inner.registry.set(registry);
+    }
+
+    /// Whether the pub/sub link works (`/readyz`).
+    pub fn healthy(&self) -> bool {
+        self.inner.alive.load(Ordering::Relaxed)
     }
 
     /// This node's incarnation.
@@ -248,13 +257,13 @@ impl Relay {
             };
             let Some(msg) = msg else {
                 tracing::error!("Redis pub/sub connection lost; closing followed rooms' connections");
+                self.inner.alive.store(false, Ordering::Relaxed);
                 for entry in self.inner.follows.iter() {
                     close_all(entry.value(), CloseCode::RoomMoved, "lost the link to the room's owner");
                 }
                 self.inner.follows.clear();
-                // TODO-free note: the inbox subscription is gone too; the node reports
-                // unhealthy through its backplane and operators restart it. Reconnecting the
-                // pub/sub connection in place is future work documented in ARCHITECTURE.md.
+                // The inbox subscription is gone too: the node reports itself not ready, so
+                // HAProxy sends players elsewhere (see ARCHITECTURE.md, "Known limits").
                 return;
             };
             let channel = msg.get_channel_name();
