@@ -64,8 +64,19 @@ pub struct PlayerRecord {
 pub struct CommitBatch<'a> {
     /// seq of the room before this batch (the expected log head).
     pub prev_seq: u64,
-    /// (seq, encoded delta message) in order, starting at `prev_seq + 1`.
-    pub deltas: &'a [(u64, Bytes)],
+    /// Deltas (seqs from `prev_seq + 1`, contiguous) and membership changes, in room order.
+    pub entries: &'a [LogEntry],
+}
+
+/// One durable record of a room's history.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogEntry {
+    /// A sequenced delta: the encoded `delta` message, exactly as clients receive it.
+    Delta { seq: u64, bytes: Bytes },
+    /// A player entered the room after delta `after` (membership survives failover, G5).
+    Joined { after: u64, player: String },
+    /// A player left the room for good after delta `after`.
+    Left { after: u64, player: String },
 }
 
 /// A backplane failure.

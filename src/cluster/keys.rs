@@ -6,7 +6,7 @@
 //! | `<p>:{R}:lease` | string, PX ttl | owner's node incarnation |
 //! | `<p>:{R}:epoch` | string (int) | fencing epoch; only grows |
 //! | `<p>:{R}:head` | string (int) | seq of the last committed delta |
-//! | `<p>:{R}:log` | stream | committed deltas, entry id `<seq>-1`, field `d` = encoded delta |
+//! | `<p>:{R}:log` | stream | deltas (`<seq>-0`, field `d`) and joins/leaves (`<seq>-n`, `m`/`l`) |
 //! | `<p>:{R}:snap` | string | MessagePack `RoomSnapshot` |
 //! | `<p>:{R}:snapseq` | string (int) | seq of `snap` |
 //! | `<p>:{R}:ch` | channel | the room's frames for remote members (`RoomWire`) |

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::keys::Keys;
 use super::unix_ms;
 use crate::backplane::{
-    Backplane, BackplaneError, Claim, CommitBatch, PlayerRecord, RoomSnapshot, SNAPSHOT_FORMAT,
+    Backplane, BackplaneError, Claim, CommitBatch, LogEntry, PlayerRecord, RoomSnapshot, SNAPSHOT_FORMAT,
 };
 use crate::protocol::{apply_resolved, decode_server, ServerMsg};
 
@@ -55,13 +55,11 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED l
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return redis.error_reply('FENCED epoch') end
 local head = redis.call('GET', KEYS[3]) or '0'
 if head ~= ARGV[3] then return redis.error_reply('FENCED head ' .. head) end
-local last = head
-for i = 4, #ARGV, 2 do
-  redis.call('XADD', KEYS[4], ARGV[i] .. '-1', 'd', ARGV[i + 1])
-  last = ARGV[i]
+for i = 5, #ARGV, 3 do
+  redis.call('XADD', KEYS[4], ARGV[i], ARGV[i + 1], ARGV[i + 2])
 end
-redis.call('SET', KEYS[3], last)
-return last
+redis.call('SET', KEYS[3], ARGV[4])
+return ARGV[4]
 "#;
 
 const SNAPSHOT: &str = r#"
@@ -273,43 +271,47 @@ impl RedisBackplane {
             return Err(BackplaneError::Corrupt(format!("snapshot format {} of {room}", snapshot.v)));
         }
         let head = head.unwrap_or(snapshot.seq);
-        if head > snapshot.seq {
-            let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(self.keys.log(room))
-                .arg(format!("{}-1", snapshot.seq + 1))
-                .arg("+")
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            for entry in entries.ids {
-                let seq: u64 = entry.id.split('-').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                if seq != snapshot.seq + 1 {
-                    return Err(BackplaneError::Corrupt(format!(
-                        "log of {room} jumps from {} to {seq}",
-                        snapshot.seq
-                    )));
+        // Everything after the snapshot's own delta: later deltas (`<seq>-0`) and membership
+        // changes (`<seq>-1..`), in order.
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.log(room))
+            .arg(format!("{}-1", snapshot.seq))
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let corrupt = |what: String| BackplaneError::Corrupt(format!("log of {room}: {what}"));
+        for entry in entries.ids {
+            let (seq, n) = entry.id.split_once('-').unwrap_or((&entry.id, "0"));
+            let (seq, n): (u64, u64) = (seq.parse().unwrap_or(0), n.parse().unwrap_or(0));
+            if n != 0 {
+                if let Some(player) = entry.get::<String>("m") {
+                    if !snapshot.players.iter().any(|p| p.player == player) {
+                        snapshot.players.push(PlayerRecord { player, last_cid: 0, applied: Vec::new() });
+                    }
+                } else if let Some(player) = entry.get::<String>("l") {
+                    snapshot.players.retain(|p| p.player != player);
                 }
-                let bytes: Vec<u8> = entry.get("d").ok_or_else(|| {
-                    BackplaneError::Corrupt(format!("log entry {seq} of {room} has no delta"))
-                })?;
-                let Ok(ServerMsg::Delta(delta)) = decode_server(&bytes) else {
-                    return Err(BackplaneError::Corrupt(format!("log entry {seq} of {room} is not a delta")));
-                };
-                for op in &delta.ops {
-                    apply_resolved(&mut snapshot.state, op)
-                        .map_err(|e| BackplaneError::Corrupt(format!("log entry {seq} of {room}: {e}")))?;
-                }
-                if let (Some(player), Some(cid)) = (delta.by, delta.cid) {
-                    record_applied(&mut snapshot.players, &player, cid, seq);
-                }
-                snapshot.seq = seq;
+                continue;
             }
-            if snapshot.seq != head {
-                return Err(BackplaneError::Corrupt(format!(
-                    "log of {room} ends at {}, head is {head}",
-                    snapshot.seq
-                )));
+            if seq != snapshot.seq + 1 {
+                return Err(corrupt(format!("jumps from {} to {seq}", snapshot.seq)));
             }
+            let bytes: Vec<u8> =
+                entry.get("d").ok_or_else(|| corrupt(format!("entry {seq} has no delta")))?;
+            let Ok(ServerMsg::Delta(delta)) = decode_server(&bytes) else {
+                return Err(corrupt(format!("entry {seq} is not a delta")));
+            };
+            for op in &delta.ops {
+                apply_resolved(&mut snapshot.state, op).map_err(|e| corrupt(format!("entry {seq}: {e}")))?;
+            }
+            if let (Some(player), Some(cid)) = (delta.by, delta.cid) {
+                record_applied(&mut snapshot.players, &player, cid, seq);
+            }
+            snapshot.seq = seq;
+        }
+        if snapshot.seq != head {
+            return Err(corrupt(format!("ends at {}, head is {head}", snapshot.seq)));
         }
         Ok(Some(snapshot))
     }
@@ -399,9 +401,32 @@ impl Backplane for RedisBackplane {
         for key in self.key_list(room) {
             invocation.key(key);
         }
-        invocation.arg(&*self.incarnation).arg(epoch.to_string()).arg(batch.prev_seq.to_string());
-        for (seq, bytes) in batch.deltas {
-            invocation.arg(seq.to_string()).arg(bytes.as_ref());
+        let head = batch
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                LogEntry::Delta { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(batch.prev_seq);
+        invocation
+            .arg(&*self.incarnation)
+            .arg(epoch.to_string())
+            .arg(batch.prev_seq.to_string())
+            .arg(head.to_string());
+        for entry in batch.entries {
+            // Deltas are `<seq>-0`; membership changes after delta `s` are `<s>-*` (Redis
+            // numbers them 1, 2, ... until the next delta).
+            match entry {
+                LogEntry::Delta { seq, bytes } => {
+                    invocation.arg(format!("{seq}-0")).arg("d").arg(bytes.as_ref())
+                }
+                LogEntry::Joined { after, player } => {
+                    invocation.arg(format!("{after}-*")).arg("m").arg(player)
+                }
+                LogEntry::Left { after, player } => invocation.arg(format!("{after}-*")).arg("l").arg(player),
+            };
         }
         let result: redis::RedisResult<String> = invocation.invoke_async(&mut conn).await;
         match result.map_err(script_error) {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::txn::{ParsedOp, PathLimits, Refusal, Txn};
 use super::types::RoomType;
 use crate::backplane::{
-    Backplane, BackplaneError, Claim, CommitBatch, PlayerRecord, RoomSnapshot, SNAPSHOT_FORMAT,
+    Backplane, BackplaneError, Claim, CommitBatch, LogEntry, PlayerRecord, RoomSnapshot, SNAPSHOT_FORMAT,
 };
 use crate::cluster::relay::{Relay, RoomPublisher};
 use crate::cluster::wire::RoomWire;
@@ -195,6 +195,11 @@ pub struct Room {
     /// Recent committed deltas (seq, encoded `delta` message) for resumes.
     ring: VecDeque<(u64, Bytes)>,
     staged: Vec<Staged>,
+    /// What the next commit makes durable (deltas and membership changes, in order);
+    /// only kept when the backplane is durable.
+    staged_log: Vec<LogEntry>,
+    /// Whether the backplane keeps a durable log (cluster mode).
+    durable: bool,
     /// Broadcasts awaiting the next flush (only with a flush interval).
     pending: Vec<Bytes>,
     empty_since: Option<Instant>,
@@ -291,6 +296,8 @@ impl Room {
             members,
             ring: VecDeque::new(),
             staged: Vec::new(),
+            staged_log: Vec::new(),
+            durable: deps.backplane.wants_snapshots(),
             pending: Vec::new(),
             failed: false,
             fenced: claim.fenced,
@@ -509,6 +516,9 @@ impl Room {
         }));
         if !ops.is_empty() {
             self.stage(None, None, ops, None);
+        }
+        if self.durable {
+            self.staged_log.push(LogEntry::Joined { after: self.seq, player: player.to_string() });
         }
         self.members.insert(
             player.clone(),
@@ -737,6 +747,9 @@ impl Room {
             return;
         };
         drop(member);
+        if self.durable {
+            self.staged_log.push(LogEntry::Left { after: self.seq, player: player.to_string() });
+        }
         gauge!(names::PLAYERS).decrement(1.0);
         self.broadcast(encode(&ServerMsg::Presence {
             room: self.id.to_string(),
@@ -773,6 +786,9 @@ impl Room {
         });
         let bytes = encode(&delta);
         self.delta_bytes.record(bytes.len() as f64);
+        if self.durable {
+            self.staged_log.push(LogEntry::Delta { seq: self.seq, bytes: bytes.clone() });
+        }
         self.deps.metrics.deltas.increment(1);
         self.staged.push(Staged { seq: self.seq, bytes, received });
     }
@@ -780,12 +796,13 @@ impl Room {
     /// Commits staged deltas through the backplane, then fans them out. On failure (the
     /// outcome is unknown) the room is marked failed and stops.
     async fn commit(&mut self) {
-        if self.staged.is_empty() || self.failed {
+        if (self.staged.is_empty() && self.staged_log.is_empty()) || self.failed {
             return;
         }
         let staged = std::mem::take(&mut self.staged);
-        let deltas: Vec<(u64, Bytes)> = staged.iter().map(|s| (s.seq, s.bytes.clone())).collect();
-        let batch = CommitBatch { prev_seq: staged[0].seq - 1, deltas: &deltas };
+        let entries = std::mem::take(&mut self.staged_log);
+        let prev_seq = staged.first().map_or(self.seq, |s| s.seq - 1);
+        let batch = CommitBatch { prev_seq, entries: &entries };
         match self.deps.backplane.commit(&self.id, self.epoch, batch).await {
             Ok(()) => self.publish(staged),
             Err(e) => {

@@ -14,9 +14,7 @@ use gamerelay_client::{Client, ClientConfig, Event};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "ws://127.0.0.1:8080/ws".to_owned());
+    let url = args.next().unwrap_or_else(|| "ws://127.0.0.1:8080/ws".to_owned());
     let room = args.next().unwrap_or_else(|| "counter-demo".to_owned());
 
     let config = ClientConfig::new(url, room, "doc").with_client_name("counter-example");
@@ -47,18 +45,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     for _ in 0..5 {
-        let ticket = client
-            .send_ops_tracked(vec![Op::Inc {
-                path: "counter".into(),
-                by: Doc::Int(1),
-            }])
-            .await?;
+        let ticket =
+            client.send_ops_tracked(vec![Op::Inc { path: "counter".into(), by: Doc::Int(1) }]).await?;
         let cid = ticket.cid();
         let seq = ticket.acked().await?; // the mirror includes the change from here on
-        println!(
-            "cid {cid} applied at seq {seq}; counter = {}",
-            client.get("counter").unwrap_or(Doc::Nil)
-        );
+        println!("cid {cid} applied at seq {seq}; counter = {}", client.get("counter").unwrap_or(Doc::Nil));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 

@@ -68,15 +68,9 @@ impl Client {
         })
     }
 
-    async fn request<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, ClientError> {
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(make(tx))
-            .await
-            .map_err(|_| self.shared.terminal_error())?;
+        self.commands.send(make(tx)).await.map_err(|_| self.shared.terminal_error())?;
         rx.await.map_err(|_| self.shared.terminal_error())
     }
 
@@ -85,20 +79,9 @@ impl Client {
         ops: Vec<Op>,
         waiter: Option<oneshot::Sender<AckResult>>,
     ) -> Result<u64, ClientError> {
-        let permit = self
-            .shared
-            .op_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| self.shared.terminal_error())?;
-        self.request(|reply| Command::SendOps {
-            ops,
-            permit,
-            waiter,
-            reply,
-        })
-        .await?
+        let permit =
+            self.shared.op_slots.clone().acquire_owned().await.map_err(|_| self.shared.terminal_error())?;
+        self.request(|reply| Command::SendOps { ops, permit, waiter, reply }).await?
     }
 
     /// Sends an op batch (applied atomically by the room) and returns its cid. Cids start
@@ -116,11 +99,7 @@ impl Client {
     pub async fn send_ops_tracked(&self, ops: Vec<Op>) -> Result<OpTicket, ClientError> {
         let (tx, rx) = oneshot::channel();
         let cid = self.submit(ops, Some(tx)).await?;
-        Ok(OpTicket {
-            cid,
-            rx,
-            shared: self.shared.clone(),
-        })
+        Ok(OpTicket { cid, rx, shared: self.shared.clone() })
     }
 
     /// Waits until the op batch `cid` is acknowledged and returns the seq of its delta (the
@@ -129,15 +108,13 @@ impl Client {
     /// Outcomes are remembered for the latest 1024 batches; an older or unknown cid gives
     /// [`ClientError::UnknownCid`].
     pub async fn wait_ack(&self, cid: u64) -> Result<u64, ClientError> {
-        self.request(|reply| Command::WaitAck { cid, reply })
-            .await?
+        self.request(|reply| Command::WaitAck { cid, reply }).await?
     }
 
     /// Sends an ephemeral message to the room (`to: None`) or to one player. Nothing is
     /// stored; fails with [`ClientError::NotConnected`] while reconnecting.
     pub async fn send_msg(&self, to: Option<String>, data: Doc) -> Result<(), ClientError> {
-        self.request(|reply| Command::Msg { to, data, reply })
-            .await?
+        self.request(|reply| Command::Msg { to, data, reply }).await?
     }
 
     /// Measures the round trip of a `ping` to the server. Fails with
@@ -250,9 +227,7 @@ pub struct OpTicket {
 
 impl fmt::Debug for OpTicket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpTicket")
-            .field("cid", &self.cid)
-            .finish_non_exhaustive()
+        f.debug_struct("OpTicket").field("cid", &self.cid).finish_non_exhaustive()
     }
 }
 

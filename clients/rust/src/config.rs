@@ -59,11 +59,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// Settings with defaults for everything but the URL, room id and room type.
-    pub fn new(
-        url: impl Into<String>,
-        room: impl Into<String>,
-        room_type: impl Into<String>,
-    ) -> Self {
+    pub fn new(url: impl Into<String>, room: impl Into<String>, room_type: impl Into<String>) -> Self {
         ClientConfig {
             url: url.into(),
             room: room.into(),
@@ -156,10 +152,7 @@ impl ClientConfig {
     /// The URL actually dialled: [`url`](Self::url) plus `room=<room>` when
     /// [`room_query`](Self::room_query) asks for it.
     pub fn connect_url(&self) -> String {
-        let room_ok = self
-            .room
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+        let room_ok = self.room.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
         if !self.room_query || !room_ok || self.url.contains("room=") {
             return self.url.clone();
         }
@@ -203,19 +196,13 @@ impl Default for ReconnectPolicy {
 impl ReconnectPolicy {
     /// A policy that never reconnects: the first lost connection closes the client.
     pub fn disabled() -> Self {
-        ReconnectPolicy {
-            max_attempts: Some(0),
-            ..ReconnectPolicy::default()
-        }
+        ReconnectPolicy { max_attempts: Some(0), ..ReconnectPolicy::default() }
     }
 
     /// The wait before attempt `attempt` (1-based), jitter included.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(1).min(31);
-        let base = self
-            .initial_backoff
-            .saturating_mul(1u32 << exp)
-            .min(self.max_backoff);
+        let base = self.initial_backoff.saturating_mul(1u32 << exp).min(self.max_backoff);
         let jitter = self.jitter.clamp(0.0, 1.0);
         if jitter == 0.0 || base.is_zero() {
             return base;
@@ -230,10 +217,7 @@ const MAX_RETRY_HINT: Duration = Duration::from_secs(600);
 /// Parses the `retry_ms=<n>` hint of a close reason such as `service_restart: retry_ms=1500`.
 pub(crate) fn retry_hint(reason: &str) -> Option<Duration> {
     let at = reason.find("retry_ms=")? + "retry_ms=".len();
-    let digits: String = reason[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
+    let digits: String = reason[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
     let ms: u64 = digits.parse().ok()?;
     Some(Duration::from_millis(ms).min(MAX_RETRY_HINT))
 }
@@ -265,19 +249,13 @@ mod tests {
         };
         for _ in 0..200 {
             let d = p.backoff(1);
-            assert!(
-                d >= Duration::from_millis(500) && d <= Duration::from_millis(1000),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1000), "{d:?}");
         }
     }
 
     #[test]
     fn retry_hint_is_parsed_from_the_close_reason() {
-        assert_eq!(
-            retry_hint("service_restart: retry_ms=1500"),
-            Some(Duration::from_millis(1500))
-        );
+        assert_eq!(retry_hint("service_restart: retry_ms=1500"), Some(Duration::from_millis(1500)));
         assert_eq!(retry_hint("service_restart"), None);
         assert_eq!(retry_hint("retry_ms=x"), None);
         assert_eq!(retry_hint("retry_ms=99999999999"), Some(MAX_RETRY_HINT));
@@ -300,16 +278,9 @@ mod tests {
 
     #[test]
     fn validate_refuses_nonsense() {
-        assert!(ClientConfig::new("ws://h/ws", "r", "doc")
-            .validate()
-            .is_ok());
-        assert!(ClientConfig::new("ws://h/ws", "", "doc")
-            .validate()
-            .is_err());
-        assert!(ClientConfig::new("ws://h/ws", "r", "doc")
-            .with_max_pending_ops(0)
-            .validate()
-            .is_err());
+        assert!(ClientConfig::new("ws://h/ws", "r", "doc").validate().is_ok());
+        assert!(ClientConfig::new("ws://h/ws", "", "doc").validate().is_err());
+        assert!(ClientConfig::new("ws://h/ws", "r", "doc").with_max_pending_ops(0).validate().is_err());
         let mut c = ClientConfig::new("ws://h/ws", "r", "doc");
         c.reconnect.jitter = 1.5;
         assert!(c.validate().is_err());

@@ -18,8 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, StreamExt};
 use gamerelay::protocol::{
-    decode_server, encode, should_reconnect, ClientMsg, Doc, Join, MemberInfo, Op, ServerMsg,
-    Snapshot, PROTOCOL_VERSION,
+    decode_server, encode, should_reconnect, ClientMsg, Doc, Join, MemberInfo, Op, ServerMsg, Snapshot,
+    PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -79,14 +79,9 @@ impl Shared {
 
     /// The error every request gets once the task has ended.
     pub(crate) fn terminal_error(&self) -> ClientError {
-        self.terminal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| ClientError::Closed {
-                code: None,
-                reason: "the connection task ended".to_owned(),
-            })
+        self.terminal.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_else(|| {
+            ClientError::Closed { code: None, reason: "the connection task ended".to_owned() }
+        })
     }
 }
 
@@ -128,10 +123,7 @@ struct Limits {
 impl Default for Limits {
     /// Until a `welcome` says otherwise, nothing is refused locally.
     fn default() -> Self {
-        Limits {
-            max_ops: u64::MAX,
-            max_frame: u64::MAX,
-        }
+        Limits { max_ops: u64::MAX, max_frame: u64::MAX }
     }
 }
 
@@ -154,10 +146,7 @@ struct Handshake {
 }
 
 fn hello_frame(cfg: &ClientConfig) -> Bytes {
-    encode(&ClientMsg::Hello {
-        v: PROTOCOL_VERSION,
-        client: Some(cfg.client_name.clone()),
-    })
+    encode(&ClientMsg::Hello { v: PROTOCOL_VERSION, client: Some(cfg.client_name.clone()) })
 }
 
 /// Opens the socket, sends `hello` and `join` back to back, and reads until `joined`.
@@ -200,12 +189,7 @@ async fn handshake_inner(url: String, hello: Bytes, join: Bytes) -> Result<Hands
             _ => continue,
         };
         match decode_server(&bytes) {
-            Ok(ServerMsg::Welcome {
-                v,
-                max_ops,
-                max_frame,
-                ..
-            }) => {
+            Ok(ServerMsg::Welcome { v, max_ops, max_frame, .. }) => {
                 if v != PROTOCOL_VERSION {
                     return Err(ClientError::Protocol(format!(
                         "server speaks protocol v{v}, this client v{PROTOCOL_VERSION}"
@@ -213,33 +197,14 @@ async fn handshake_inner(url: String, hello: Bytes, join: Bytes) -> Result<Hands
                 }
                 limits = Limits { max_ops, max_frame };
             }
-            Ok(ServerMsg::Joined {
-                room,
-                player,
-                session,
-                resumed,
-                cid,
-                members,
-                snapshot,
-                ..
-            }) => {
-                let joined = Joined {
-                    room,
-                    player,
-                    session,
-                    resumed,
-                    cid,
-                    members,
-                    snapshot,
-                };
+            Ok(ServerMsg::Joined { room, player, session, resumed, cid, members, snapshot, .. }) => {
+                let joined = Joined { room, player, session, resumed, cid, members, snapshot };
                 return Ok(Handshake { ws, limits, joined });
             }
             Ok(ServerMsg::Error { code, message }) => {
                 let (code, message) = parse_code(&code, message);
                 return Err(match code {
-                    gamerelay::protocol::ErrorCode::SessionExpired => {
-                        ClientError::SessionExpired { message }
-                    }
+                    gamerelay::protocol::ErrorCode::SessionExpired => ClientError::SessionExpired { message },
                     code => ClientError::JoinRefused { code, message },
                 });
             }
@@ -280,9 +245,7 @@ pub(crate) async fn connect(cfg: ClientConfig) -> Result<Started, ClientError> {
     let hs = handshake(url.clone(), hello_frame(&cfg), join, cfg.handshake_timeout).await?;
     let j = hs.joined;
     let Some(snapshot) = j.snapshot else {
-        return Err(ClientError::Protocol(
-            "`joined` of a new session carries no snapshot".to_owned(),
-        ));
+        return Err(ClientError::Protocol("`joined` of a new session carries no snapshot".to_owned()));
     };
     let (mirror, mismatch) = Mirror::new(j.room.clone(), j.player.clone(), snapshot, &j.members);
     if let Some(mismatch) = mismatch {
@@ -326,12 +289,7 @@ pub(crate) async fn connect(cfg: ClientConfig) -> Result<Started, ClientError> {
 }
 
 fn warn_effect(effect: &Effect) {
-    if let Effect::HashMismatch {
-        seq,
-        expected,
-        actual,
-    } = effect
-    {
+    if let Effect::HashMismatch { seq, expected, actual } = effect {
         tracing::warn!(seq, %expected, %actual, "snapshot hash does not match its state");
     }
 }
@@ -354,11 +312,7 @@ struct PingWait {
 /// Why a connection ended.
 enum End {
     /// Reconnect and resume; wait `delay` (instead of the backoff) before the first attempt.
-    Reconnect {
-        code: Option<u16>,
-        reason: String,
-        delay: Option<Duration>,
-    },
+    Reconnect { code: Option<u16>, reason: String, delay: Option<Duration> },
     /// Stop for good.
     Stop(ClientError),
 }
@@ -410,11 +364,7 @@ impl Outbox {
 
     /// Moves queued frames into the sink and flushes it. Cancel-safe: a frame leaves the
     /// queue only when the sink has taken it.
-    fn poll_write<S>(
-        &mut self,
-        sink: &mut S,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), tungstenite::Error>>
+    fn poll_write<S>(&mut self, sink: &mut S, cx: &mut Context<'_>) -> Poll<Result<(), tungstenite::Error>>
     where
         S: Sink<Message, Error = tungstenite::Error> + Unpin,
     {
@@ -460,19 +410,12 @@ impl Task {
         loop {
             self.shared.set_connection_state(ConnectionState::Connected);
             let (code, reason, delay) = match self.connected(ws).await {
-                End::Reconnect {
-                    code,
-                    reason,
-                    delay,
-                } => (code, reason, delay),
+                End::Reconnect { code, reason, delay } => (code, reason, delay),
                 End::Stop(err) => return self.terminate(err),
             };
             tracing::info!(?code, %reason, "connection lost; reconnecting");
             self.fail_pings(&ClientError::NotConnected);
-            self.emit(Event::Disconnected {
-                code,
-                reason: reason.clone(),
-            });
+            self.emit(Event::Disconnected { code, reason: reason.clone() });
             match self.reconnect(delay, reason).await {
                 Ok(next) => ws = next,
                 Err(err) => return self.terminate(err),
@@ -560,10 +503,7 @@ impl Task {
                     }
                     CmdFlow::Close(reply) => {
                         self.closers.push(reply);
-                        break (
-                            End::Stop(closed_by_client()),
-                            Farewell::Close("client closed"),
-                        );
+                        break (End::Stop(closed_by_client()), Farewell::Close("client closed"));
                     }
                 },
                 Wake::Timer => {
@@ -571,8 +511,7 @@ impl Task {
                     if leave_deadline.is_some_and(|d| now >= d) {
                         let end = End::Stop(ClientError::Closed {
                             code: None,
-                            reason: "left (the server did not close the connection in time)"
-                                .to_owned(),
+                            reason: "left (the server did not close the connection in time)".to_owned(),
                         });
                         break (end, Farewell::Close("left"));
                     }
@@ -606,10 +545,7 @@ impl Task {
                 }
                 Farewell::Close(why) => {
                     let _ = poll_fn(|cx| out.poll_write(&mut sink, cx)).await;
-                    let frame = CloseFrame {
-                        code: WsCloseCode::Normal,
-                        reason: why.into(),
-                    };
+                    let frame = CloseFrame { code: WsCloseCode::Normal, reason: why.into() };
                     let _ = sink.send(Message::Close(Some(frame))).await;
                     let _ = sink.close().await;
                 }
@@ -624,11 +560,7 @@ impl Task {
         if leave_deadline.is_some() {
             End::Stop(ClientError::Closed { code: None, reason })
         } else {
-            End::Reconnect {
-                code: None,
-                reason,
-                delay: None,
-            }
+            End::Reconnect { code: None, reason, delay: None }
         }
     }
 
@@ -654,11 +586,7 @@ impl Task {
             return None;
         }
         tracing::warn!(error = %err, "mirror out of step; reconnecting for a snapshot");
-        Some(End::Reconnect {
-            code: None,
-            reason: err.to_string(),
-            delay: Some(Duration::ZERO),
-        })
+        Some(End::Reconnect { code: None, reason: err.to_string(), delay: Some(Duration::ZERO) })
     }
 
     fn on_effect(&mut self, effect: Effect, out: &mut Outbox) {
@@ -701,11 +629,7 @@ impl Task {
             }
             ServerMsg::Reject { cid, code, message } => {
                 let (code, message) = parse_code(&code, message);
-                let err = ClientError::Rejected {
-                    cid,
-                    code,
-                    message: message.clone(),
-                };
+                let err = ClientError::Rejected { cid, code, message: message.clone() };
                 if self.resolve(cid, Err(err)) {
                     self.emit(Event::Rejected { cid, code, message });
                 } else {
@@ -750,12 +674,7 @@ impl Task {
     /// Handles a command. `out` is `None` while disconnected.
     fn on_command(&mut self, cmd: Command, out: Option<&mut Outbox>) -> CmdFlow {
         match cmd {
-            Command::SendOps {
-                ops,
-                permit,
-                waiter,
-                reply,
-            } => {
+            Command::SendOps { ops, permit, waiter, reply } => {
                 match self.ops_frame(ops) {
                     Ok((cid, frame)) => {
                         if let Some(out) = out {
@@ -778,9 +697,7 @@ impl Task {
             Command::WaitAck { cid, reply } => {
                 if let Some(p) = self.pending.iter_mut().find(|p| p.cid == cid) {
                     p.waiters.push(reply);
-                } else if let Some((_, result)) =
-                    self.outcomes.iter().rev().find(|(c, _)| *c == cid)
-                {
+                } else if let Some((_, result)) = self.outcomes.iter().rev().find(|(c, _)| *c == cid) {
                     let _ = reply.send(result.clone());
                 } else {
                     let _ = reply.send(Err(ClientError::UnknownCid(cid)));
@@ -824,22 +741,14 @@ impl Task {
     ) {
         let id = self.next_ping_id;
         self.next_ping_id += 1;
-        self.pings.insert(
-            id,
-            PingWait {
-                sent: Instant::now(),
-                reply,
-            },
-        );
+        self.pings.insert(id, PingWait { sent: Instant::now(), reply });
         out.push(encode(&ClientMsg::Ping { id }));
     }
 
     /// Validates an op batch against the server's limits and assigns it the next cid.
     fn ops_frame(&mut self, ops: Vec<Op>) -> Result<(u64, Bytes), ClientError> {
         if ops.is_empty() {
-            return Err(ClientError::InvalidRequest(
-                "an op batch needs at least one op".to_owned(),
-            ));
+            return Err(ClientError::InvalidRequest("an op batch needs at least one op".to_owned()));
         }
         if ops.len() as u64 > self.limits.max_ops {
             return Err(ClientError::InvalidRequest(format!(
@@ -887,18 +796,14 @@ impl Task {
             attempt = attempt.saturating_add(1);
             if let Some(max) = policy.max_attempts {
                 if attempt > max {
-                    return Err(ClientError::ReconnectFailed {
-                        attempts: max,
-                        last_error,
-                    });
+                    return Err(ClientError::ReconnectFailed { attempts: max, last_error });
                 }
             }
             let delay = match first_delay {
                 Some(d) if attempt == 1 => d,
                 _ => policy.backoff(attempt),
             };
-            self.shared
-                .set_connection_state(ConnectionState::Reconnecting { attempt });
+            self.shared.set_connection_state(ConnectionState::Reconnecting { attempt });
             self.emit(Event::Reconnecting { attempt, delay });
             self.serve_offline(tokio::time::sleep(delay)).await?;
 
@@ -961,19 +866,13 @@ impl Task {
                 }
                 None if mirror.is_stale() => {
                     return Err(ClientError::Protocol(
-                        "resume answered without a snapshot although the client asked for one"
-                            .to_owned(),
+                        "resume answered without a snapshot although the client asked for one".to_owned(),
                     ));
                 }
                 None => {}
             }
         }
-        tracing::info!(
-            with_snapshot,
-            applied_cid = j.cid,
-            pending = self.pending.len(),
-            "resumed"
-        );
+        tracing::info!(with_snapshot, applied_cid = j.cid, pending = self.pending.len(), "resumed");
         self.emit(Event::Resumed { with_snapshot });
         Ok(hs.ws)
     }
@@ -988,10 +887,7 @@ impl Task {
                 cmd = self.commands.recv() => cmd,
             };
             let Some(cmd) = cmd else {
-                return Err(ClientError::Closed {
-                    code: None,
-                    reason: "the client was dropped".to_owned(),
-                });
+                return Err(ClientError::Closed { code: None, reason: "the client was dropped".to_owned() });
             };
             match self.on_command(cmd, None) {
                 CmdFlow::Continue => {}
@@ -1014,11 +910,7 @@ impl Task {
 
     /// Closes the client for good: every waiter gets `err`, the last event is `Closed`.
     fn terminate(mut self, err: ClientError) {
-        *self
-            .shared
-            .terminal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(err.clone());
+        *self.shared.terminal.lock().unwrap_or_else(PoisonError::into_inner) = Some(err.clone());
         self.shared.set_connection_state(ConnectionState::Closed);
         self.shared.op_slots.close();
         self.commands.close();
@@ -1056,10 +948,7 @@ impl Task {
 }
 
 fn closed_by_client() -> ClientError {
-    ClientError::Closed {
-        code: None,
-        reason: "closed by the client".to_owned(),
-    }
+    ClientError::Closed { code: None, reason: "closed by the client".to_owned() }
 }
 
 /// What a close frame from the server means: reconnect (1001, 1006, 1011, 1012, 1013,
@@ -1068,11 +957,7 @@ fn classify_close(code: Option<u16>, reason: String) -> End {
     match code {
         Some(c) if should_reconnect(c) => {
             let delay = if c == 1012 { retry_hint(&reason) } else { None };
-            End::Reconnect {
-                code,
-                reason,
-                delay,
-            }
+            End::Reconnect { code, reason, delay }
         }
         _ => End::Stop(ClientError::Closed { code, reason }),
     }

@@ -42,11 +42,7 @@ pub enum ClientError {
     Protocol(String),
     /// The server refused an op batch; none of its ops were applied.
     #[error("op batch {cid} rejected: {code}: {message}")]
-    Rejected {
-        cid: u64,
-        code: ErrorCode,
-        message: String,
-    },
+    Rejected { cid: u64, code: ErrorCode, message: String },
     /// The request was refused locally, before sending: an empty op batch, more ops than
     /// the server accepts in one batch, or a frame larger than the server's maximum.
     #[error("invalid request: {0}")]
@@ -60,9 +56,7 @@ impl ClientError {
     /// The error code of a join refusal or op rejection.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::JoinRefused { code, .. } | ClientError::Rejected { code, .. } => {
-                Some(*code)
-            }
+            ClientError::JoinRefused { code, .. } | ClientError::Rejected { code, .. } => Some(*code),
             ClientError::SessionExpired { .. } => Some(ErrorCode::SessionExpired),
             _ => None,
         }
@@ -73,9 +67,7 @@ impl ClientError {
         match self {
             ClientError::Connect(_) | ClientError::HandshakeTimeout(_) => true,
             ClientError::Closed { code, .. } => code.is_none_or(should_reconnect),
-            ClientError::JoinRefused { code, .. } => {
-                code.is_retryable() || *code == ErrorCode::TooManyRooms
-            }
+            ClientError::JoinRefused { code, .. } => code.is_retryable() || *code == ErrorCode::TooManyRooms,
             _ => false,
         }
     }
@@ -94,9 +86,6 @@ impl ClientError {
 pub(crate) fn parse_code(code: &str, message: String) -> (ErrorCode, String) {
     match ErrorCode::parse(code) {
         Some(c) => (c, message),
-        None => (
-            ErrorCode::Internal,
-            format!("[unknown code {code:?}] {message}"),
-        ),
+        None => (ErrorCode::Internal, format!("[unknown code {code:?}] {message}")),
     }
 }

@@ -29,23 +29,12 @@ pub enum Event {
     /// The mirror was replaced by a snapshot because this client fell behind the room.
     Resync,
     /// A member's presence changed.
-    Presence {
-        player: String,
-        status: PresenceStatus,
-    },
+    Presence { player: String, status: PresenceStatus },
     /// An ephemeral message. `from` is `None` for messages from the server; `to` is `None`
     /// for messages to the whole room.
-    Msg {
-        from: Option<String>,
-        to: Option<String>,
-        data: Doc,
-    },
+    Msg { from: Option<String>, to: Option<String>, data: Doc },
     /// An op batch of this client was refused; none of its ops were applied.
-    Rejected {
-        cid: u64,
-        code: ErrorCode,
-        message: String,
-    },
+    Rejected { cid: u64, code: ErrorCode, message: String },
     /// An op batch of this client was applied as delta `seq`.
     Acked { cid: u64, seq: u64 },
     /// The server reported an error about a request that is not an op batch (e.g. a `msg`
@@ -75,10 +64,7 @@ pub struct EventStream {
 
 impl EventStream {
     pub(crate) fn new(rx: broadcast::Receiver<Event>) -> Self {
-        EventStream {
-            rx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        }
+        EventStream { rx, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
     /// A stream that is already finished (the client is closed).
@@ -120,9 +106,6 @@ impl EventStream {
 
     fn count_dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
-        tracing::warn!(
-            dropped = n,
-            "event reader fell behind; oldest events dropped"
-        );
+        tracing::warn!(dropped = n, "event reader fell behind; oldest events dropped");
     }
 }

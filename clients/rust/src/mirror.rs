@@ -19,22 +19,17 @@
 
 use std::collections::BTreeMap;
 
-use gamerelay::protocol::{
-    apply_resolved, Delta, Doc, MemberInfo, PresenceStatus, ServerMsg, Snapshot,
-};
+use gamerelay::protocol::{apply_resolved, Delta, Doc, MemberInfo, PresenceStatus, ServerMsg, Snapshot};
 
 /// Why a server message could not be applied to the mirror. Every variant leaves the mirror
 /// [stale](Mirror::is_stale): it must be replaced by a snapshot (reconnect and resume).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MirrorError {
     /// A delta does not continue the mirror's history.
-    #[error("broken history: mirror at epoch {epoch} seq {seq}, got a delta for epoch {got_epoch} seq {got_seq}")]
-    Gap {
-        epoch: u64,
-        seq: u64,
-        got_epoch: u64,
-        got_seq: u64,
-    },
+    #[error(
+        "broken history: mirror at epoch {epoch} seq {seq}, got a delta for epoch {got_epoch} seq {got_seq}"
+    )]
+    Gap { epoch: u64, seq: u64, got_epoch: u64, got_seq: u64 },
     /// A delta's ops could not be applied (a path crossing a non-map value, or an op other
     /// than `set`/`del`). The mirror may be partly updated.
     #[error("delta seq {seq} cannot be applied: {error}")]
@@ -51,16 +46,9 @@ pub enum Effect {
     Resync { cid: u64 },
     /// A snapshot's state does not hash to the hash it carries. The state was still taken
     /// (the server is authoritative); this points at a canonical-encoding disagreement.
-    HashMismatch {
-        seq: u64,
-        expected: String,
-        actual: String,
-    },
+    HashMismatch { seq: u64, expected: String, actual: String },
     /// A member's presence changed (the member list is already updated).
-    Presence {
-        player: String,
-        status: PresenceStatus,
-    },
+    Presence { player: String, status: PresenceStatus },
     /// A message that does not touch the mirror (ack, reject, msg, pong, error, ...).
     Other(ServerMsg),
 }
@@ -109,11 +97,7 @@ impl Mirror {
         let mismatch = if actual == snapshot.hash {
             None
         } else {
-            Some(Effect::HashMismatch {
-                seq: snapshot.seq,
-                expected: snapshot.hash,
-                actual,
-            })
+            Some(Effect::HashMismatch { seq: snapshot.seq, expected: snapshot.hash, actual })
         };
         self.state = snapshot.state;
         self.epoch = snapshot.epoch;
@@ -143,12 +127,7 @@ impl Mirror {
         }
     }
 
-    fn handle_one(
-        &mut self,
-        msg: ServerMsg,
-        out: &mut Vec<Effect>,
-        first_error: &mut Option<MirrorError>,
-    ) {
+    fn handle_one(&mut self, msg: ServerMsg, out: &mut Vec<Effect>, first_error: &mut Option<MirrorError>) {
         match msg {
             ServerMsg::Batch { msgs } => {
                 for m in msgs {
@@ -160,12 +139,7 @@ impl Mirror {
                     first_error.get_or_insert(e);
                 }
             }
-            ServerMsg::Resync {
-                snapshot,
-                cid,
-                members,
-                ..
-            } => {
+            ServerMsg::Resync { snapshot, cid, members, .. } => {
                 // Presence messages may have been dropped while lagging: take the list as is.
                 self.set_members(&members);
                 if let Some(mismatch) = self.reset(snapshot) {
@@ -260,10 +234,7 @@ impl Mirror {
     pub fn members(&self) -> Vec<MemberInfo> {
         self.members
             .iter()
-            .map(|(player, status)| MemberInfo {
-                player: player.clone(),
-                status: *status,
-            })
+            .map(|(player, status)| MemberInfo { player: player.clone(), status: *status })
             .collect()
     }
 }
@@ -285,46 +256,23 @@ mod tests {
 
     fn snapshot(epoch: u64, seq: u64, state: Doc) -> Snapshot {
         let hash = state.state_hash();
-        Snapshot {
-            epoch,
-            seq,
-            state,
-            hash,
-        }
+        Snapshot { epoch, seq, state, hash }
     }
 
     fn map(entries: &[(&str, Doc)]) -> Doc {
-        Doc::Map(
-            entries
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect::<DocMap>(),
-        )
+        Doc::Map(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<DocMap>())
     }
 
     fn set(path: &str, value: impl Into<Doc>) -> Op {
-        Op::Set {
-            path: path.into(),
-            value: value.into(),
-        }
+        Op::Set { path: path.into(), value: value.into() }
     }
 
     fn delta(epoch: u64, seq: u64, ops: Vec<Op>) -> Delta {
-        Delta {
-            room: "r".into(),
-            epoch,
-            seq,
-            cid: Some(seq),
-            by: Some("p-other".into()),
-            ops,
-        }
+        Delta { room: "r".into(), epoch, seq, cid: Some(seq), by: Some("p-other".into()), ops }
     }
 
     fn member(player: &str, status: PresenceStatus) -> MemberInfo {
-        MemberInfo {
-            player: player.into(),
-            status,
-        }
+        MemberInfo { player: player.into(), status }
     }
 
     fn mirror_at(epoch: u64, seq: u64) -> Mirror {
@@ -360,10 +308,7 @@ mod tests {
         let mut snap = snapshot(1, 3, map(&[("a", Doc::Int(1))]));
         snap.hash = "00".into();
         let (m, mismatch) = Mirror::new("r", "p-me", snap, &[]);
-        assert!(matches!(
-            mismatch,
-            Some(Effect::HashMismatch { seq: 3, .. })
-        ));
+        assert!(matches!(mismatch, Some(Effect::HashMismatch { seq: 3, .. })));
         assert_eq!(m.state().get(["a"]), Some(&Doc::Int(1)));
         assert!(!m.is_stale());
     }
@@ -387,10 +332,7 @@ mod tests {
     #[test]
     fn duplicates_are_ignored() {
         let mut m = mirror_at(1, 10);
-        assert_eq!(
-            handle(&mut m, ServerMsg::Delta(delta(1, 11, vec![set("x", 1)]))).1,
-            Ok(())
-        );
+        assert_eq!(handle(&mut m, ServerMsg::Delta(delta(1, 11, vec![set("x", 1)]))).1, Ok(()));
         let before = m.state().clone();
         for seq in [11, 10, 3] {
             let (out, r) = handle(&mut m, ServerMsg::Delta(delta(1, seq, vec![set("x", 99)])));
@@ -406,22 +348,10 @@ mod tests {
         let mut m = mirror_at(1, 10);
         let (out, r) = handle(&mut m, ServerMsg::Delta(delta(1, 12, vec![set("x", 1)])));
         assert_eq!(out, vec![]);
-        assert_eq!(
-            r,
-            Err(MirrorError::Gap {
-                epoch: 1,
-                seq: 10,
-                got_epoch: 1,
-                got_seq: 12
-            })
-        );
+        assert_eq!(r, Err(MirrorError::Gap { epoch: 1, seq: 10, got_epoch: 1, got_seq: 12 }));
         assert!(m.is_stale());
         assert_eq!(m.resume_point(), None);
-        assert_eq!(
-            m.state().get(["x"]),
-            None,
-            "nothing of the gapped delta applied"
-        );
+        assert_eq!(m.state().get(["x"]), None, "nothing of the gapped delta applied");
 
         // Stale: even the "next" delta is ignored until a snapshot comes.
         let (out, r) = handle(&mut m, ServerMsg::Delta(delta(1, 11, vec![set("x", 1)])));
@@ -451,10 +381,7 @@ mod tests {
 
         // Deltas never carry inc/merge.
         let mut m = mirror_at(1, 10);
-        let inc = Op::Inc {
-            path: "a".into(),
-            by: Doc::Int(1),
-        };
+        let inc = Op::Inc { path: "a".into(), by: Doc::Int(1) };
         let (_, r) = handle(&mut m, ServerMsg::Delta(delta(1, 11, vec![inc])));
         assert!(matches!(r, Err(MirrorError::BadDelta { .. })));
     }
@@ -462,18 +389,13 @@ mod tests {
     #[test]
     fn resync_replaces_the_state_and_clears_staleness() {
         let mut m = mirror_at(1, 10);
-        assert!(handle(&mut m, ServerMsg::Delta(delta(1, 13, vec![])))
-            .1
-            .is_err());
+        assert!(handle(&mut m, ServerMsg::Delta(delta(1, 13, vec![]))).1.is_err());
         assert!(m.is_stale());
         let resync = ServerMsg::Resync {
             room: "r".into(),
             snapshot: snapshot(1, 20, map(&[("z", Doc::Bool(true))])),
             cid: 4,
-            members: vec![
-                member("p-me", PresenceStatus::Joined),
-                member("p-new", PresenceStatus::Joined),
-            ],
+            members: vec![member("p-me", PresenceStatus::Joined), member("p-new", PresenceStatus::Joined)],
         };
         let (out, r) = handle(&mut m, resync);
         assert_eq!(r, Ok(()));
@@ -505,34 +427,16 @@ mod tests {
     #[test]
     fn presence_updates_the_member_list() {
         let mut m = mirror_at(1, 0);
-        let presence = |player: &str, status| ServerMsg::Presence {
-            room: "r".into(),
-            player: player.into(),
-            status,
-        };
+        let presence =
+            |player: &str, status| ServerMsg::Presence { room: "r".into(), player: player.into(), status };
         let (out, _) = handle(&mut m, presence("p-b", PresenceStatus::Joined));
-        assert_eq!(
-            out,
-            vec![Effect::Presence {
-                player: "p-b".into(),
-                status: PresenceStatus::Joined
-            }]
-        );
-        assert_eq!(
-            handle(&mut m, presence("p-b", PresenceStatus::Disconnected)).1,
-            Ok(())
-        );
+        assert_eq!(out, vec![Effect::Presence { player: "p-b".into(), status: PresenceStatus::Joined }]);
+        assert_eq!(handle(&mut m, presence("p-b", PresenceStatus::Disconnected)).1, Ok(()));
         assert_eq!(
             m.members(),
-            vec![
-                member("p-b", PresenceStatus::Disconnected),
-                member("p-me", PresenceStatus::Joined)
-            ]
+            vec![member("p-b", PresenceStatus::Disconnected), member("p-me", PresenceStatus::Joined)]
         );
-        assert_eq!(
-            handle(&mut m, presence("p-b", PresenceStatus::Left)).1,
-            Ok(())
-        );
+        assert_eq!(handle(&mut m, presence("p-b", PresenceStatus::Left)).1, Ok(()));
         assert_eq!(m.members(), vec![member("p-me", PresenceStatus::Joined)]);
     }
 
@@ -554,24 +458,14 @@ mod tests {
         let batch = ServerMsg::Batch {
             msgs: vec![
                 ServerMsg::Delta(d1.clone()),
-                ServerMsg::Batch {
-                    msgs: vec![ServerMsg::Delta(d2.clone()), ack.clone()],
-                },
+                ServerMsg::Batch { msgs: vec![ServerMsg::Delta(d2.clone()), ack.clone()] },
                 ServerMsg::Delta(d2.clone()), // duplicate
                 ServerMsg::Delta(d3.clone()),
             ],
         };
         let (out, r) = handle(&mut m, batch);
         assert_eq!(r, Ok(()));
-        assert_eq!(
-            out,
-            vec![
-                Effect::Delta(d1),
-                Effect::Delta(d2),
-                Effect::Other(ack),
-                Effect::Delta(d3)
-            ]
-        );
+        assert_eq!(out, vec![Effect::Delta(d1), Effect::Delta(d2), Effect::Other(ack), Effect::Delta(d3)]);
         assert_eq!(m.state().get(["n"]), Some(&Doc::Int(3)));
         assert_eq!(m.seq(), 3);
     }
@@ -580,11 +474,7 @@ mod tests {
     fn a_gap_inside_a_batch_keeps_the_other_messages() {
         let mut m = mirror_at(1, 0);
         let d1 = delta(1, 1, vec![set("n", 1)]);
-        let reject = ServerMsg::Reject {
-            cid: 5,
-            code: "forbidden".into(),
-            message: "no".into(),
-        };
+        let reject = ServerMsg::Reject { cid: 5, code: "forbidden".into(), message: "no".into() };
         let batch = ServerMsg::Batch {
             msgs: vec![
                 ServerMsg::Delta(d1.clone()),

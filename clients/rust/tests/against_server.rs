@@ -12,9 +12,7 @@ use clap::Parser;
 use gamerelay::config::Config;
 use gamerelay::server::Server;
 use gamerelay_client::protocol::{Doc, Op};
-use gamerelay_client::{
-    Client, ClientConfig, ConnectionState, Event, EventStream, ReconnectPolicy,
-};
+use gamerelay_client::{Client, ClientConfig, ConnectionState, Event, EventStream, ReconnectPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -40,11 +38,7 @@ impl Node {
             };
             server.run(shutdown).await.expect("server run");
         });
-        Node {
-            addr,
-            stop: Some(stop),
-            task,
-        }
+        Node { addr, stop: Some(stop), task }
     }
 
     fn url(&self) -> String {
@@ -69,20 +63,14 @@ fn config(url: String, room: &str) -> ClientConfig {
 }
 
 fn inc(path: &str) -> Vec<Op> {
-    vec![Op::Inc {
-        path: path.into(),
-        by: Doc::Int(1),
-    }]
+    vec![Op::Inc { path: path.into(), by: Doc::Int(1) }]
 }
 
 /// Polls `cond` until it holds (or fails the test after [`WAIT`]).
 async fn eventually(what: &str, cond: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -106,52 +94,32 @@ async fn wait_for(events: &mut EventStream, what: &str, pred: impl Fn(&Event) ->
 
 async fn fan_out_converges(node_args: &[&str]) {
     let node = Node::start(node_args).await;
-    let a = Client::connect(config(node.url(), "fan-out"))
-        .await
-        .unwrap();
-    let b = Client::connect(config(node.url(), "fan-out"))
-        .await
-        .unwrap();
+    let a = Client::connect(config(node.url(), "fan-out")).await.unwrap();
+    let b = Client::connect(config(node.url(), "fan-out")).await.unwrap();
     assert_ne!(a.player_id(), b.player_id());
     eventually("a sees b", || a.members().len() == 2).await;
 
     let mut tickets = Vec::new();
     for i in 0..20 {
         tickets.push(a.send_ops_tracked(inc("shared/n")).await.unwrap());
-        let own = vec![Op::Set {
-            path: format!("players/{}/x", b.player_id()),
-            value: Doc::Int(i),
-        }];
+        let own = vec![Op::Set { path: format!("players/{}/x", b.player_id()), value: Doc::Int(i) }];
         tickets.push(b.send_ops_tracked(own).await.unwrap());
     }
     let mut last = 0;
     for t in tickets {
         last = last.max(t.acked().await.unwrap());
     }
-    eventually("both mirrors at the last seq", || {
-        a.seq() == last && b.seq() == last
-    })
-    .await;
+    eventually("both mirrors at the last seq", || a.seq() == last && b.seq() == last).await;
     assert_eq!(a.state_hash(), b.state_hash());
     assert_eq!(a.get("shared/n"), Some(Doc::Int(20)));
     assert_eq!(b.get("shared/n"), Some(Doc::Int(20)));
-    assert_eq!(
-        a.get(&format!("players/{}/x", b.player_id())),
-        Some(Doc::Int(19))
-    );
+    assert_eq!(a.get(&format!("players/{}/x", b.player_id())), Some(Doc::Int(19)));
 
     // Ephemeral messages fan out too.
     let mut b_events = b.subscribe();
     a.send_msg(None, Doc::str("hello")).await.unwrap();
     let ev = wait_for(&mut b_events, "msg", |e| matches!(e, Event::Msg { .. })).await;
-    assert_eq!(
-        ev,
-        Event::Msg {
-            from: Some(a.player_id().to_owned()),
-            to: None,
-            data: Doc::str("hello")
-        }
-    );
+    assert_eq!(ev, Event::Msg { from: Some(a.player_id().to_owned()), to: None, data: Doc::str("hello") });
 
     // Leaving: the other member sees it go.
     a.leave().await.unwrap();
@@ -175,12 +143,8 @@ async fn ops_fan_out_and_mirrors_converge_with_batched_flushes() {
 async fn a_batch_lost_on_the_way_up_is_resent_and_applied_once() {
     let node = Node::start(&[]).await;
     let proxy = Proxy::start(node.addr).await;
-    let observer = Client::connect(config(node.url(), "lost-up"))
-        .await
-        .unwrap();
-    let a = Client::connect(config(proxy.url(), "lost-up"))
-        .await
-        .unwrap();
+    let observer = Client::connect(config(node.url(), "lost-up")).await.unwrap();
+    let a = Client::connect(config(proxy.url(), "lost-up")).await.unwrap();
     let mut events = a.subscribe();
 
     // The batch never reaches the server...
@@ -191,20 +155,9 @@ async fn a_batch_lost_on_the_way_up_is_resent_and_applied_once() {
     // ...then the connection dies.
     proxy.cut();
 
-    wait_for(&mut events, "disconnected", |e| {
-        matches!(e, Event::Disconnected { .. })
-    })
-    .await;
-    let ev = wait_for(&mut events, "resumed", |e| {
-        matches!(e, Event::Resumed { .. })
-    })
-    .await;
-    assert_eq!(
-        ev,
-        Event::Resumed {
-            with_snapshot: false
-        }
-    );
+    wait_for(&mut events, "disconnected", |e| matches!(e, Event::Disconnected { .. })).await;
+    let ev = wait_for(&mut events, "resumed", |e| matches!(e, Event::Resumed { .. })).await;
+    assert_eq!(ev, Event::Resumed { with_snapshot: false });
     let seq = ticket.acked().await.unwrap();
     eventually("observer at the batch's seq", || observer.seq() >= seq).await;
     assert_eq!(a.get("n"), Some(Doc::Int(1)));
@@ -226,43 +179,25 @@ async fn a_batch_lost_on_the_way_up_is_resent_and_applied_once() {
 async fn a_batch_whose_ack_is_lost_is_resent_and_not_applied_twice() {
     let node = Node::start(&[]).await;
     let proxy = Proxy::start(node.addr).await;
-    let observer = Client::connect(config(node.url(), "lost-down"))
-        .await
-        .unwrap();
-    let a = Client::connect(config(proxy.url(), "lost-down"))
-        .await
-        .unwrap();
+    let observer = Client::connect(config(node.url(), "lost-down")).await.unwrap();
+    let a = Client::connect(config(proxy.url(), "lost-down")).await.unwrap();
     let mut events = a.subscribe();
 
     // The batch is applied, but its delta (the ack) never reaches the client...
     proxy.swallow(Direction::Down);
     let ticket = a.send_ops_tracked(inc("n")).await.unwrap();
-    eventually("observer sees the batch", || {
-        observer.get("n") == Some(Doc::Int(1))
-    })
-    .await;
+    eventually("observer sees the batch", || observer.get("n") == Some(Doc::Int(1))).await;
     let applied_at = observer.seq();
     assert_eq!(a.get("n"), None);
     // ...then the connection dies; the resume re-sends cid 1, which must not apply again.
     proxy.cut();
 
-    wait_for(&mut events, "resumed", |e| {
-        matches!(e, Event::Resumed { .. })
-    })
-    .await;
-    assert_eq!(
-        ticket.acked().await.unwrap(),
-        applied_at,
-        "acked with the original seq"
-    );
+    wait_for(&mut events, "resumed", |e| matches!(e, Event::Resumed { .. })).await;
+    assert_eq!(ticket.acked().await.unwrap(), applied_at, "acked with the original seq");
     // Whatever the server does with the re-sent cid happens before the pong.
     a.ping().await.unwrap();
     observer.ping().await.unwrap();
-    assert_eq!(
-        observer.seq(),
-        applied_at,
-        "nothing applied after the batch"
-    );
+    assert_eq!(observer.seq(), applied_at, "nothing applied after the batch");
     assert_eq!(a.get("n"), Some(Doc::Int(1)));
     assert_eq!(observer.get("n"), Some(Doc::Int(1)), "applied exactly once");
     assert_eq!(a.state_hash(), observer.state_hash());
@@ -290,10 +225,7 @@ async fn a_resume_after_the_grace_reports_session_expired() {
         matches!(ev, Event::Closed { code: None, ref reason } if reason.contains("session expired")),
         "{ev:?}"
     );
-    assert!(matches!(
-        a.close_reason(),
-        Some(gamerelay_client::ClientError::SessionExpired { .. })
-    ));
+    assert!(matches!(a.close_reason(), Some(gamerelay_client::ClientError::SessionExpired { .. })));
     node.stop().await;
 }
 

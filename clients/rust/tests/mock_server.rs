@@ -45,13 +45,9 @@ impl Mock {
     }
 
     async fn accept(&self) -> Conn {
-        let (tcp, _) = tokio::time::timeout(STEP, self.listener.accept())
-            .await
-            .expect("no connection in time")
-            .unwrap();
-        Conn {
-            ws: tokio_tungstenite::accept_async(tcp).await.unwrap(),
-        }
+        let (tcp, _) =
+            tokio::time::timeout(STEP, self.listener.accept()).await.expect("no connection in time").unwrap();
+        Conn { ws: tokio_tungstenite::accept_async(tcp).await.unwrap() }
     }
 
     /// Accepts and completes a fresh join: state `{n: 0}` at epoch 1, seq 5.
@@ -59,17 +55,9 @@ impl Mock {
         let mut conn = self.accept().await;
         let join = conn.expect_hello_join().await;
         assert_eq!(join.session, None);
-        assert_eq!(
-            (join.room.as_str(), join.room_type.as_str()),
-            ("room-1", "doc")
-        );
+        assert_eq!((join.room.as_str(), join.room_type.as_str()), ("room-1", "doc"));
         conn.send(&welcome()).await;
-        conn.send(&joined(
-            false,
-            0,
-            Some(snapshot(1, 5, &[("n", Doc::Int(0))])),
-        ))
-        .await;
+        conn.send(&joined(false, 0, Some(snapshot(1, 5, &[("n", Doc::Int(0))])))).await;
         conn
     }
 
@@ -122,10 +110,7 @@ impl Conn {
     }
 
     async fn close(&mut self, code: u16, reason: &str) {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        };
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
         self.ws.close(Some(frame)).await.unwrap();
     }
 
@@ -140,28 +125,12 @@ impl Conn {
 }
 
 fn welcome() -> ServerMsg {
-    ServerMsg::Welcome {
-        v: 1,
-        node: "mock".into(),
-        time: 0,
-        max_frame: 65536,
-        max_ops: 64,
-    }
+    ServerMsg::Welcome { v: 1, node: "mock".into(), time: 0, max_frame: 65536, max_ops: 64 }
 }
 
 fn snapshot(epoch: u64, seq: u64, entries: &[(&str, Doc)]) -> Snapshot {
-    let state = Doc::Map(
-        entries
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect(),
-    );
-    Snapshot {
-        epoch,
-        seq,
-        hash: state.state_hash(),
-        state,
-    }
+    let state = Doc::Map(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
+    Snapshot { epoch, seq, hash: state.state_hash(), state }
 }
 
 fn joined(resumed: bool, cid: u64, snapshot: Option<Snapshot>) -> ServerMsg {
@@ -172,10 +141,7 @@ fn joined(resumed: bool, cid: u64, snapshot: Option<Snapshot>) -> ServerMsg {
         session: SESSION.into(),
         resumed,
         cid,
-        members: vec![MemberInfo {
-            player: PLAYER.into(),
-            status: PresenceStatus::Joined,
-        }],
+        members: vec![MemberInfo { player: PLAYER.into(), status: PresenceStatus::Joined }],
         snapshot,
     }
 }
@@ -187,18 +153,12 @@ fn delta(seq: u64, by: Option<&str>, cid: Option<u64>, n: i64) -> ServerMsg {
         seq,
         cid,
         by: by.map(str::to_owned),
-        ops: vec![Op::Set {
-            path: "n".into(),
-            value: Doc::Int(n),
-        }],
+        ops: vec![Op::Set { path: "n".into(), value: Doc::Int(n) }],
     })
 }
 
 fn inc() -> Vec<Op> {
-    vec![Op::Inc {
-        path: "n".into(),
-        by: Doc::Int(1),
-    }]
+    vec![Op::Inc { path: "n".into(), by: Doc::Int(1) }]
 }
 
 /// Reads events until one matches, returning it (and failing after a while).
@@ -242,25 +202,15 @@ async fn joins_and_acks_an_op_batch_by_its_own_delta() {
     assert_eq!(ticket.cid(), 1);
     assert_eq!(ticket.acked().await.unwrap(), 6);
     assert_eq!(client.get("n"), Some(Doc::Int(1)), "acked means mirrored");
-    assert_eq!(
-        client.wait_ack(1).await.unwrap(),
-        6,
-        "outcomes are remembered"
-    );
-    assert!(matches!(
-        client.wait_ack(99).await,
-        Err(ClientError::UnknownCid(99))
-    ));
+    assert_eq!(client.wait_ack(1).await.unwrap(), 6, "outcomes are remembered");
+    assert!(matches!(client.wait_ack(99).await, Err(ClientError::UnknownCid(99))));
     assert!(matches!(events.next().await, Some(Event::Delta(d)) if d.seq == 6));
     assert_eq!(events.next().await, Some(Event::Acked { cid: 1, seq: 6 }));
     assert_eq!(client.state_hash(), client.state().state_hash());
 
     client.close().await;
     assert_eq!(client.connection_state(), ConnectionState::Closed);
-    assert!(matches!(
-        client.send_ops(inc()).await,
-        Err(ClientError::Closed { .. })
-    ));
+    assert!(matches!(client.send_ops(inc()).await, Err(ClientError::Closed { .. })));
     assert!(matches!(
         wait_for(&mut events, "closed", |e| matches!(e, Event::Closed { .. })).await,
         Event::Closed { code: None, .. }
@@ -277,26 +227,15 @@ async fn cids_start_after_the_joined_cid_and_local_limits_apply() {
         let mut conn = mock.accept().await;
         conn.expect_hello_join().await;
         conn.send(&welcome()).await;
-        conn.send(&joined(false, 41, Some(snapshot(1, 5, &[]))))
-            .await;
+        conn.send(&joined(false, 41, Some(snapshot(1, 5, &[])))).await;
         assert_eq!(conn.expect_ops().await.0, 42);
         conn.drain_until_closed().await;
     });
     let client = Client::connect(config).await.unwrap();
-    assert!(matches!(
-        client.send_ops(vec![]).await,
-        Err(ClientError::InvalidRequest(_))
-    ));
+    assert!(matches!(client.send_ops(vec![]).await, Err(ClientError::InvalidRequest(_))));
     let too_many = (0..65).flat_map(|_| inc()).collect();
-    assert!(matches!(
-        client.send_ops(too_many).await,
-        Err(ClientError::InvalidRequest(_))
-    ));
-    assert_eq!(
-        client.send_ops(inc()).await.unwrap(),
-        42,
-        "refused batches use no cid"
-    );
+    assert!(matches!(client.send_ops(too_many).await, Err(ClientError::InvalidRequest(_))));
+    assert_eq!(client.send_ops(inc()).await.unwrap(), 42, "refused batches use no cid");
     client.close().await;
     server.await.unwrap();
 }
@@ -308,12 +247,7 @@ async fn a_reject_fails_the_batch_and_is_reported() {
     let server = tokio::spawn(async move {
         let mut conn = mock.accept_joined().await;
         let (cid, _) = conn.expect_ops().await;
-        conn.send(&ServerMsg::Reject {
-            cid,
-            code: "forbidden".into(),
-            message: "not yours".into(),
-        })
-        .await;
+        conn.send(&ServerMsg::Reject { cid, code: "forbidden".into(), message: "not yours".into() }).await;
         conn.drain_until_closed().await;
     });
     let client = Client::connect(config).await.unwrap();
@@ -323,18 +257,8 @@ async fn a_reject_fails_the_batch_and_is_reported() {
         Err(e @ ClientError::Rejected { .. }) => assert_eq!(e.code(), Some(ErrorCode::Forbidden)),
         other => panic!("expected a rejection, got {other:?}"),
     }
-    let ev = wait_for(&mut events, "rejected", |e| {
-        matches!(e, Event::Rejected { .. })
-    })
-    .await;
-    assert_eq!(
-        ev,
-        Event::Rejected {
-            cid,
-            code: ErrorCode::Forbidden,
-            message: "not yours".into()
-        }
-    );
+    let ev = wait_for(&mut events, "rejected", |e| matches!(e, Event::Rejected { .. })).await;
+    assert_eq!(ev, Event::Rejected { cid, code: ErrorCode::Forbidden, message: "not yours".into() });
     client.close().await;
     server.await.unwrap();
 }
@@ -360,10 +284,7 @@ async fn batches_presence_msgs_and_pings_are_handled_in_order() {
             }),
             encode(&delta(7, None, None, 11)),
         ];
-        conn.ws
-            .send(Message::Binary(batch_frame(parts.iter())))
-            .await
-            .unwrap();
+        conn.ws.send(Message::Binary(batch_frame(parts.iter()))).await.unwrap();
         match conn.recv().await {
             ClientMsg::Ping { id } => conn.send(&ServerMsg::Pong { id, time: 0 }).await,
             other => panic!("expected ping, got {other:?}"),
@@ -382,29 +303,13 @@ async fn batches_presence_msgs_and_pings_are_handled_in_order() {
         seen.push(client.next_event().await.unwrap());
     }
     assert!(matches!(&seen[0], Event::Delta(d) if d.seq == 6));
-    assert_eq!(
-        seen[1],
-        Event::Presence {
-            player: "p-b".into(),
-            status: PresenceStatus::Joined
-        }
-    );
-    assert_eq!(
-        seen[2],
-        Event::Msg {
-            from: Some("p-b".into()),
-            to: None,
-            data: Doc::str("hi")
-        }
-    );
+    assert_eq!(seen[1], Event::Presence { player: "p-b".into(), status: PresenceStatus::Joined });
+    assert_eq!(seen[2], Event::Msg { from: Some("p-b".into()), to: None, data: Doc::str("hi") });
     assert!(matches!(&seen[3], Event::Delta(d) if d.seq == 7));
     assert_eq!((client.seq(), client.get("n")), (7, Some(Doc::Int(11))));
     assert_eq!(client.members().len(), 2);
     assert!(client.ping().await.unwrap() < STEP);
-    client
-        .send_msg(Some("p-b".into()), Doc::Int(7))
-        .await
-        .unwrap();
+    client.send_msg(Some("p-b".into()), Doc::Int(7)).await.unwrap();
     client.close().await;
     server.await.unwrap();
 }
@@ -449,25 +354,11 @@ async fn a_dropped_connection_resumes_and_resends_unacked_batches_once_in_order(
     let a = client.send_ops_tracked(inc()).await.unwrap();
     let b = client.send_ops_tracked(inc()).await.unwrap();
 
-    let ev = wait_for(&mut events, "disconnected", |e| {
-        matches!(e, Event::Disconnected { .. })
-    })
-    .await;
+    let ev = wait_for(&mut events, "disconnected", |e| matches!(e, Event::Disconnected { .. })).await;
     assert!(matches!(ev, Event::Disconnected { code: None, .. }));
-    wait_for(&mut events, "reconnecting", |e| {
-        matches!(e, Event::Reconnecting { attempt: 1, .. })
-    })
-    .await;
-    let ev = wait_for(&mut events, "resumed", |e| {
-        matches!(e, Event::Resumed { .. })
-    })
-    .await;
-    assert_eq!(
-        ev,
-        Event::Resumed {
-            with_snapshot: false
-        }
-    );
+    wait_for(&mut events, "reconnecting", |e| matches!(e, Event::Reconnecting { attempt: 1, .. })).await;
+    let ev = wait_for(&mut events, "resumed", |e| matches!(e, Event::Resumed { .. })).await;
+    assert_eq!(ev, Event::Resumed { with_snapshot: false });
     assert_eq!(a.acked().await.unwrap(), 6);
     assert_eq!(b.acked().await.unwrap(), 7);
     assert_eq!((client.seq(), client.get("n")), (7, Some(Doc::Int(2))));
@@ -492,12 +383,7 @@ async fn ops_sent_while_disconnected_go_out_after_the_resume() {
         let mut conn = mock.accept().await;
         conn.expect_hello_join().await;
         conn.send(&welcome()).await;
-        conn.send(&joined(
-            true,
-            0,
-            Some(snapshot(1, 9, &[("n", Doc::Int(5))])),
-        ))
-        .await;
+        conn.send(&joined(true, 0, Some(snapshot(1, 9, &[("n", Doc::Int(5))])))).await;
         let (cid, _) = conn.expect_ops().await;
         assert_eq!(cid, 1);
         conn.send(&delta(10, Some(PLAYER), Some(1), 6)).await;
@@ -505,22 +391,10 @@ async fn ops_sent_while_disconnected_go_out_after_the_resume() {
     });
     let client = Client::connect(config).await.unwrap();
     let mut events = client.subscribe();
-    wait_for(&mut events, "reconnecting", |e| {
-        matches!(e, Event::Reconnecting { .. })
-    })
-    .await;
-    assert!(matches!(
-        client.connection_state(),
-        ConnectionState::Reconnecting { attempt: 1 }
-    ));
-    assert!(matches!(
-        client.ping().await,
-        Err(ClientError::NotConnected)
-    ));
-    assert!(matches!(
-        client.send_msg(None, Doc::Nil).await,
-        Err(ClientError::NotConnected)
-    ));
+    wait_for(&mut events, "reconnecting", |e| matches!(e, Event::Reconnecting { .. })).await;
+    assert!(matches!(client.connection_state(), ConnectionState::Reconnecting { attempt: 1 }));
+    assert!(matches!(client.ping().await, Err(ClientError::NotConnected)));
+    assert!(matches!(client.send_msg(None, Doc::Nil).await, Err(ClientError::NotConnected)));
     let ticket = client.send_ops_tracked(inc()).await.unwrap();
     assert_eq!(ticket.acked().await.unwrap(), 10);
     assert_eq!(client.get("n"), Some(Doc::Int(6)));
@@ -538,40 +412,21 @@ async fn session_expired_closes_the_client_instead_of_joining_afresh() {
         let mut conn = mock.accept().await;
         conn.expect_hello_join().await;
         conn.send(&welcome()).await;
-        conn.send(&ServerMsg::Error {
-            code: "session_expired".into(),
-            message: "grace over".into(),
-        })
-        .await;
+        conn.send(&ServerMsg::Error { code: "session_expired".into(), message: "grace over".into() }).await;
         mock.expect_no_connection(Duration::from_millis(300)).await;
     });
     let client = Client::connect(config).await.unwrap();
     let mut events = client.subscribe();
     let cid = client.send_ops(inc()).await.unwrap();
-    let ev = wait_for(&mut events, "disconnected", |e| {
-        matches!(e, Event::Disconnected { .. })
-    })
-    .await;
-    assert_eq!(
-        ev,
-        Event::Disconnected {
-            code: Some(4101),
-            reason: "idle_timeout".into()
-        }
-    );
+    let ev = wait_for(&mut events, "disconnected", |e| matches!(e, Event::Disconnected { .. })).await;
+    assert_eq!(ev, Event::Disconnected { code: Some(4101), reason: "idle_timeout".into() });
     let ev = wait_for(&mut events, "closed", |e| matches!(e, Event::Closed { .. })).await;
     assert!(
         matches!(ev, Event::Closed { code: None, ref reason } if reason.contains("session expired")),
         "{ev:?}"
     );
-    assert!(matches!(
-        client.wait_ack(cid).await,
-        Err(ClientError::SessionExpired { .. })
-    ));
-    assert!(matches!(
-        client.close_reason(),
-        Some(ClientError::SessionExpired { .. })
-    ));
+    assert!(matches!(client.wait_ack(cid).await, Err(ClientError::SessionExpired { .. })));
+    assert!(matches!(client.close_reason(), Some(ClientError::SessionExpired { .. })));
     server.await.unwrap();
 }
 
@@ -587,20 +442,8 @@ async fn a_replaced_close_stops_without_reconnecting() {
     let client = Client::connect(config).await.unwrap();
     let mut events = client.subscribe();
     let ev = wait_for(&mut events, "closed", |e| matches!(e, Event::Closed { .. })).await;
-    assert_eq!(
-        ev,
-        Event::Closed {
-            code: Some(4000),
-            reason: "replaced".into()
-        }
-    );
-    assert!(matches!(
-        client.ping().await,
-        Err(ClientError::Closed {
-            code: Some(4000),
-            ..
-        })
-    ));
+    assert_eq!(ev, Event::Closed { code: Some(4000), reason: "replaced".into() });
+    assert!(matches!(client.ping().await, Err(ClientError::Closed { code: Some(4000), .. })));
     server.await.unwrap();
 }
 
@@ -616,58 +459,24 @@ async fn a_gap_reconnects_at_once_and_asks_for_a_snapshot() {
         let mut conn = mock.accept().await;
         let join = conn.expect_hello_join().await;
         assert_eq!(join.session.as_deref(), Some(SESSION));
-        assert_eq!(
-            (join.epoch, join.seq),
-            (None, None),
-            "a stale mirror asks for a snapshot"
-        );
+        assert_eq!((join.epoch, join.seq), (None, None), "a stale mirror asks for a snapshot");
         conn.send(&welcome()).await;
-        conn.send(&joined(
-            true,
-            0,
-            Some(snapshot(1, 8, &[("n", Doc::Int(3))])),
-        ))
-        .await;
+        conn.send(&joined(true, 0, Some(snapshot(1, 8, &[("n", Doc::Int(3))])))).await;
         conn.send(&delta(9, None, None, 4)).await;
         conn.drain_until_closed().await;
     });
     let client = Client::connect(config).await.unwrap();
     let mut events = client.subscribe();
-    let ev = wait_for(&mut events, "disconnected", |e| {
-        matches!(e, Event::Disconnected { .. })
-    })
-    .await;
+    let ev = wait_for(&mut events, "disconnected", |e| matches!(e, Event::Disconnected { .. })).await;
     assert!(
         matches!(ev, Event::Disconnected { code: None, ref reason } if reason.contains("broken history")),
         "{ev:?}"
     );
-    let ev = wait_for(&mut events, "reconnecting", |e| {
-        matches!(e, Event::Reconnecting { .. })
-    })
-    .await;
-    assert_eq!(
-        ev,
-        Event::Reconnecting {
-            attempt: 1,
-            delay: Duration::ZERO
-        }
-    );
-    let ev = wait_for(&mut events, "resumed", |e| {
-        matches!(e, Event::Resumed { .. })
-    })
-    .await;
-    assert_eq!(
-        ev,
-        Event::Resumed {
-            with_snapshot: true
-        }
-    );
-    wait_for(
-        &mut events,
-        "delta 9",
-        |e| matches!(e, Event::Delta(d) if d.seq == 9),
-    )
-    .await;
+    let ev = wait_for(&mut events, "reconnecting", |e| matches!(e, Event::Reconnecting { .. })).await;
+    assert_eq!(ev, Event::Reconnecting { attempt: 1, delay: Duration::ZERO });
+    let ev = wait_for(&mut events, "resumed", |e| matches!(e, Event::Resumed { .. })).await;
+    assert_eq!(ev, Event::Resumed { with_snapshot: true });
+    wait_for(&mut events, "delta 9", |e| matches!(e, Event::Delta(d) if d.seq == 9)).await;
     assert_eq!(client.get("n"), Some(Doc::Int(4)));
     client.close().await;
     server.await.unwrap();
@@ -698,23 +507,12 @@ async fn a_silent_server_is_probed_then_replaced() {
     });
     let client = Client::connect(config).await.unwrap();
     let mut events = client.subscribe();
-    let ev = wait_for(&mut events, "disconnected", |e| {
-        matches!(e, Event::Disconnected { .. })
-    })
-    .await;
+    let ev = wait_for(&mut events, "disconnected", |e| matches!(e, Event::Disconnected { .. })).await;
     assert!(
         matches!(ev, Event::Disconnected { code: None, ref reason } if reason.contains("nothing received")),
         "{ev:?}"
     );
-    wait_for(&mut events, "resumed", |e| {
-        matches!(
-            e,
-            Event::Resumed {
-                with_snapshot: false
-            }
-        )
-    })
-    .await;
+    wait_for(&mut events, "resumed", |e| matches!(e, Event::Resumed { with_snapshot: false })).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(client.connection_state(), ConnectionState::Connected);
     client.close().await;
@@ -738,21 +536,9 @@ async fn a_service_restart_honours_the_retry_hint() {
     });
     let client = Client::connect(config).await.unwrap();
     let mut events = client.subscribe();
-    let ev = wait_for(&mut events, "reconnecting", |e| {
-        matches!(e, Event::Reconnecting { .. })
-    })
-    .await;
-    assert_eq!(
-        ev,
-        Event::Reconnecting {
-            attempt: 1,
-            delay: Duration::from_millis(250)
-        }
-    );
-    wait_for(&mut events, "resumed", |e| {
-        matches!(e, Event::Resumed { .. })
-    })
-    .await;
+    let ev = wait_for(&mut events, "reconnecting", |e| matches!(e, Event::Reconnecting { .. })).await;
+    assert_eq!(ev, Event::Reconnecting { attempt: 1, delay: Duration::from_millis(250) });
+    wait_for(&mut events, "resumed", |e| matches!(e, Event::Resumed { .. })).await;
     client.close().await;
     server.await.unwrap();
 }
@@ -770,22 +556,12 @@ async fn a_resync_replaces_the_mirror_and_resends_outstanding_batches() {
             snapshot: snapshot(1, 20, &[("n", Doc::Int(20))]),
             cid: 1,
             members: vec![
-                MemberInfo {
-                    player: PLAYER.into(),
-                    status: PresenceStatus::Joined,
-                },
-                MemberInfo {
-                    player: "p-b".into(),
-                    status: PresenceStatus::Disconnected,
-                },
+                MemberInfo { player: PLAYER.into(), status: PresenceStatus::Joined },
+                MemberInfo { player: "p-b".into(), status: PresenceStatus::Disconnected },
             ],
         })
         .await;
-        assert_eq!(
-            conn.expect_ops().await.0,
-            1,
-            "outstanding batch re-sent with its cid"
-        );
+        assert_eq!(conn.expect_ops().await.0, 1, "outstanding batch re-sent with its cid");
         conn.send(&ServerMsg::Ack { cid: 1, seq: 19 }).await;
         conn.drain_until_closed().await;
     });
@@ -815,13 +591,7 @@ async fn leave_waits_for_the_servers_close() {
     client.leave().await.unwrap();
     assert_eq!(client.connection_state(), ConnectionState::Closed);
     let ev = wait_for(&mut events, "closed", |e| matches!(e, Event::Closed { .. })).await;
-    assert_eq!(
-        ev,
-        Event::Closed {
-            code: Some(1000),
-            reason: "left".into()
-        }
-    );
+    assert_eq!(ev, Event::Closed { code: Some(1000), reason: "left".into() });
     server.await.unwrap();
 }
 
@@ -865,11 +635,7 @@ async fn a_refused_join_is_returned_by_connect() {
         let mut conn = mock.accept().await;
         conn.expect_hello_join().await;
         conn.send(&welcome()).await;
-        conn.send(&ServerMsg::Error {
-            code: "room_full".into(),
-            message: "64 players".into(),
-        })
-        .await;
+        conn.send(&ServerMsg::Error { code: "room_full".into(), message: "64 players".into() }).await;
     });
     match Client::connect(config).await {
         Err(ClientError::JoinRefused { code, .. }) => assert_eq!(code, ErrorCode::RoomFull),
@@ -884,23 +650,15 @@ async fn connect_fails_fast_without_a_server_and_times_out_on_a_mute_one() {
     let url = mock.url.clone();
     drop(mock);
     let config = ClientConfig::new(url, "r", "doc");
-    assert!(matches!(
-        Client::connect(config).await,
-        Err(ClientError::Connect(_))
-    ));
+    assert!(matches!(Client::connect(config).await, Err(ClientError::Connect(_))));
 
     let mock = Mock::start().await;
-    let config = mock
-        .config()
-        .with_handshake_timeout(Duration::from_millis(300));
+    let config = mock.config().with_handshake_timeout(Duration::from_millis(300));
     let server = tokio::spawn(async move {
         let mut conn = mock.accept().await;
         conn.expect_hello_join().await;
         tokio::time::sleep(Duration::from_millis(600)).await;
     });
-    assert!(matches!(
-        Client::connect(config).await,
-        Err(ClientError::HandshakeTimeout(_))
-    ));
+    assert!(matches!(Client::connect(config).await, Err(ClientError::HandshakeTimeout(_))));
     server.await.unwrap();
 }
