@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use super::{Backplane, BackplaneError, Claim, CommitBatch};
 
@@ -37,7 +38,12 @@ impl Backplane for EmbeddedBackplane {
         let epoch = epochs.entry(room.to_owned()).or_insert(0);
         *epoch += 1;
         // A single node is never fenced: the token is never cancelled.
-        Ok(Claim { epoch: *epoch, restored: None, fenced: tokio_util::sync::CancellationToken::new() })
+        Ok(Claim {
+            epoch: *epoch,
+            restored: None,
+            fenced: CancellationToken::new(),
+            lost: CancellationToken::new(),
+        })
     }
 
     async fn commit(&self, _room: &str, _epoch: u64, _batch: CommitBatch<'_>) -> Result<(), BackplaneError> {

@@ -31,6 +31,9 @@ pub struct Claim {
     /// Cancelled by the backplane when this node must stop acting as the room's owner
     /// (lease lost or not renewable in time).
     pub fenced: CancellationToken,
+    /// Cancelled when the store lost the room's data (e.g. Redis restarted empty) while this
+    /// node still owns it: the room writes its state back with [`Backplane::reseed`].
+    pub lost: CancellationToken,
 }
 
 /// Format version of [`RoomSnapshot`] as stored.
@@ -122,6 +125,11 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Makes `batch` durable under `epoch`. Rooms fan it out only after `Ok`.
     async fn commit(&self, room: &str, epoch: u64, batch: CommitBatch<'_>) -> Result<(), BackplaneError>;
+
+    /// Writes an owned room's state back after the store lost it, under a new epoch.
+    async fn reseed(&self, _room: &str, _snapshot: &RoomSnapshot) -> Result<Claim, BackplaneError> {
+        Err(BackplaneError::Unavailable("this backplane cannot lose data".into()))
+    }
 
     /// Gives up ownership of a room: for good (`dispose`: its stored data may expire), or
     /// to hand it off (another node may claim it at once and continue from the stored data).

@@ -18,6 +18,20 @@ pub mod redis;
 pub mod relay;
 pub mod wire;
 
+/// A Redis connection that reconnects by itself after Redis restarts or the network heals
+/// (commands fail, with their timeout, while it is down).
+pub async fn connection(
+    client: &::redis::Client,
+    timeout: std::time::Duration,
+) -> ::redis::RedisResult<::redis::aio::ConnectionManager> {
+    let config = ::redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(std::time::Duration::from_secs(1));
+    client.get_connection_manager_with_config(config).await
+}
+
 /// Milliseconds since the Unix epoch (the floor of new epochs).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

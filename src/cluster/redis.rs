@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Script};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::Script;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::Keys;
@@ -43,11 +43,27 @@ return {1, s}
 "#;
 
 const RENEW: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
+local lease = redis.call('GET', KEYS[1])
+if lease == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return 1
 end
+if not lease and redis.call('EXISTS', KEYS[2]) == 0 then return 2 end
 return 0
+"#;
+
+const RESEED: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return {0, cur} end
+local e = tonumber(redis.call('GET', KEYS[2]) or '0')
+local n = math.max(e + 1, tonumber(ARGV[3]))
+local s = string.format('%d', n)
+redis.call('SET', KEYS[2], s)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[4])
+redis.call('SET', KEYS[4], ARGV[5])
+redis.call('SET', KEYS[5], ARGV[4])
+return {1, s}
 "#;
 
 const COMMIT: &str = r#"
@@ -99,6 +115,7 @@ pub struct RedisSettings {
 struct Owned {
     epoch: u64,
     fenced: CancellationToken,
+    lost: CancellationToken,
     /// Last successful claim or renewal (local clock, taken before the command was sent).
     renewed_at: Instant,
 }
@@ -108,8 +125,8 @@ pub struct RedisBackplane {
     keys: Keys,
     incarnation: Arc<str>,
     settings: RedisSettings,
-    conn: MultiplexedConnection,
-    lease_conn: MultiplexedConnection,
+    conn: ConnectionManager,
+    lease_conn: ConnectionManager,
     owned: DashMap<String, Owned>,
     /// Unix ms of the last successful Redis round trip of the renewer.
     last_ok_ms: AtomicU64,
@@ -122,6 +139,7 @@ struct Scripts {
     commit: Script,
     snapshot: Script,
     release: Script,
+    reseed: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> BackplaneError {
@@ -147,12 +165,8 @@ impl RedisBackplane {
         shutdown: CancellationToken,
     ) -> Result<Arc<RedisBackplane>, BackplaneError> {
         let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout));
-        let conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(unavailable)?;
-        let lease_conn =
-            client.get_multiplexed_async_connection_with_config(&config).await.map_err(unavailable)?;
+        let conn = super::connection(&client, settings.timeout).await.map_err(unavailable)?;
+        let lease_conn = super::connection(&client, settings.timeout).await.map_err(unavailable)?;
         let backplane = Arc::new(RedisBackplane {
             keys: Keys::new(&settings.prefix),
             incarnation,
@@ -167,6 +181,7 @@ impl RedisBackplane {
                 commit: Script::new(COMMIT),
                 snapshot: Script::new(SNAPSHOT),
                 release: Script::new(RELEASE),
+                reseed: Script::new(RESEED),
             },
         });
         tokio::spawn(renewer(Arc::downgrade(&backplane), shutdown));
@@ -217,6 +232,14 @@ impl RedisBackplane {
                     any_ok = true;
                     if let Some(mut owned) = self.owned.get_mut(room) {
                         owned.renewed_at = started;
+                    }
+                }
+                Ok(2) => {
+                    // Redis lost the room (restarted empty): the owner writes it back.
+                    any_ok = true;
+                    if let Some((_, owned)) = self.owned.remove(room) {
+                        tracing::warn!(room, "Redis lost the room's keys; re-seeding from memory");
+                        owned.lost.cancel();
                     }
                 }
                 Ok(_) => self.fence(room, "lease or epoch taken by another node"),
@@ -381,12 +404,13 @@ impl Backplane for RedisBackplane {
         }
         let epoch: u64 =
             value.parse().map_err(|_| BackplaneError::Corrupt(format!("epoch {value:?} of {room}")))?;
-        let fenced = CancellationToken::new();
-        self.owned.insert(room.to_owned(), Owned { epoch, fenced: fenced.clone(), renewed_at: started });
+        let (fenced, lost) = (CancellationToken::new(), CancellationToken::new());
+        let owned = Owned { epoch, fenced: fenced.clone(), lost: lost.clone(), renewed_at: started };
+        self.owned.insert(room.to_owned(), owned);
         match self.restore(room).await {
             Ok(restored) => {
                 tracing::info!(room, epoch, restored_seq = restored.as_ref().map(|s| s.seq), "room claimed");
-                Ok(Claim { epoch, restored, fenced })
+                Ok(Claim { epoch, restored, fenced, lost })
             }
             Err(e) => {
                 let _ = self.release(room, epoch, false).await;
@@ -466,6 +490,38 @@ impl Backplane for RedisBackplane {
             }
             Err(e) => Err(e),
         }
+    }
+
+    async fn reseed(&self, room: &str, snapshot: &RoomSnapshot) -> Result<Claim, BackplaneError> {
+        let started = Instant::now();
+        let blob = rmp_serde::to_vec_named(snapshot).map_err(|e| BackplaneError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let (won, value): (i64, String) = self
+            .scripts
+            .reseed
+            .key(self.keys.lease(room))
+            .key(self.keys.epoch(room))
+            .key(self.keys.head(room))
+            .key(self.keys.snap(room))
+            .key(self.keys.snapseq(room))
+            .arg(&*self.incarnation)
+            .arg(self.settings.lease_ttl.as_millis() as u64)
+            .arg(unix_ms())
+            .arg(snapshot.seq.to_string())
+            .arg(blob)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if won != 1 {
+            return Err(BackplaneError::OwnedElsewhere(value));
+        }
+        let epoch: u64 =
+            value.parse().map_err(|_| BackplaneError::Corrupt(format!("epoch {value:?} of {room}")))?;
+        let (fenced, lost) = (CancellationToken::new(), CancellationToken::new());
+        let owned = Owned { epoch, fenced: fenced.clone(), lost: lost.clone(), renewed_at: started };
+        self.owned.insert(room.to_owned(), owned);
+        tracing::info!(room, epoch, seq = snapshot.seq, "room re-seeded");
+        Ok(Claim { epoch, restored: None, fenced, lost })
     }
 
     async fn release(&self, room: &str, _epoch: u64, dispose: bool) -> Result<(), BackplaneError> {

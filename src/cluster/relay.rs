@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink};
-use redis::AsyncConnectionConfig;
+use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -65,7 +64,8 @@ pub struct Relay {
 struct Inner {
     incarnation: Arc<str>,
     keys: Keys,
-    conn: MultiplexedConnection,
+    client: redis::Client,
+    conn: ConnectionManager,
     sink: tokio::sync::Mutex<PubSubSink>,
     follows: DashMap<String, Arc<Follow>>,
     registry: OnceLock<Registry>,
@@ -92,14 +92,11 @@ impl Relay {
     ) -> Result<Relay, BackplaneError> {
         let err = |e: redis::RedisError| BackplaneError::Unavailable(e.to_string());
         let client = redis::Client::open(url).map_err(err)?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(err)?;
-        let (mut sink, stream) = client.get_async_pubsub().await.map_err(err)?.split();
-        sink.subscribe(keys.inbox(&incarnation)).await.map_err(err)?;
+        let conn = super::connection(&client, timeout).await.map_err(err)?;
+        let (sink, stream) = subscribe_inbox(&client, &keys, &incarnation).await.map_err(err)?;
         let relay = Relay {
             inner: Arc::new(Inner {
+                client,
                 incarnation,
                 keys,
                 conn,
@@ -247,8 +244,9 @@ impl Relay {
         Ok(follow)
     }
 
-    /// Reads the pub/sub stream until it ends (then every follow is closed) or shutdown.
-    async fn read(self, mut stream: redis::aio::PubSubStream, shutdown: CancellationToken) {
+    /// Reads the pub/sub stream until shutdown. When the connection breaks, every follow is
+    /// closed (its players resume and follow again) and the connection is made anew.
+    async fn read(self, mut stream: PubSubStream, shutdown: CancellationToken) {
         let inbox = self.inner.keys.inbox(&self.inner.incarnation);
         loop {
             let msg = tokio::select! {
@@ -258,13 +256,21 @@ impl Relay {
             let Some(msg) = msg else {
                 tracing::error!("Redis pub/sub connection lost; closing followed rooms' connections");
                 self.inner.alive.store(false, Ordering::Relaxed);
-                for entry in self.inner.follows.iter() {
-                    close_all(entry.value(), CloseCode::RoomMoved, "lost the link to the room's owner");
-                }
+                let follows: Vec<Arc<Follow>> =
+                    self.inner.follows.iter().map(|e| e.value().clone()).collect();
                 self.inner.follows.clear();
-                // The inbox subscription is gone too: the node reports itself not ready, so
-                // HAProxy sends players elsewhere (see ARCHITECTURE.md, "Known limits").
-                return;
+                for follow in follows {
+                    close_all(&follow, CloseCode::RoomMoved, "lost the link to the room's owner");
+                }
+                match self.reconnect(&shutdown).await {
+                    Some(next) => {
+                        stream = next;
+                        self.inner.alive.store(true, Ordering::Relaxed);
+                        tracing::info!("Redis pub/sub connection restored");
+                        continue;
+                    }
+                    None => return,
+                }
             };
             let channel = msg.get_channel_name();
             let payload: &[u8] = msg.get_payload_bytes();
@@ -277,6 +283,29 @@ impl Relay {
                     self.room_wire(room, w);
                 }
             }
+        }
+    }
+
+    /// Makes a new pub/sub connection (backing off while Redis is down) and subscribes the
+    /// inbox again. `None` on shutdown.
+    async fn reconnect(&self, shutdown: &CancellationToken) -> Option<PubSubStream> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = subscribe_inbox(&self.inner.client, &self.inner.keys, &self.inner.incarnation);
+            match tokio::time::timeout(Duration::from_secs(2), attempt).await.unwrap_or_else(|_| {
+                Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out")))
+            }) {
+                Ok((sink, stream)) => {
+                    *self.inner.sink.lock().await = sink;
+                    return Some(stream);
+                }
+                Err(e) => tracing::debug!(error = %e, "pub/sub reconnect failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -510,7 +539,18 @@ impl RoomPublisher {
     }
 }
 
-async fn publish(mut conn: MultiplexedConnection, channel: String, mut rx: mpsc::Receiver<RoomWire>) {
+/// A pub/sub connection subscribed to this node's inbox.
+async fn subscribe_inbox(
+    client: &redis::Client,
+    keys: &Keys,
+    incarnation: &str,
+) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
+    let (mut sink, stream) = client.get_async_pubsub().await?.split();
+    sink.subscribe(keys.inbox(incarnation)).await?;
+    Ok((sink, stream))
+}
+
+async fn publish(mut conn: ConnectionManager, channel: String, mut rx: mpsc::Receiver<RoomWire>) {
     while let Some(first) = rx.recv().await {
         let mut pipe = redis::pipe();
         pipe.cmd("PUBLISH").arg(&channel).arg(wire::encode(&first)).ignore();

@@ -213,6 +213,8 @@ pub struct Room {
     state_bytes: Histogram,
     /// Cancelled by the backplane when this node must stop owning the room.
     fenced: CancellationToken,
+    /// Cancelled by the backplane when the store lost the room: write it back.
+    lost: CancellationToken,
     /// Cluster mode: the ordered queue of frames for members on other nodes.
     publisher: Option<RoomPublisher>,
     /// Last time each node relaying remote members was heard from.
@@ -301,6 +303,7 @@ impl Room {
             pending: Vec::new(),
             failed: false,
             fenced: claim.fenced,
+            lost: claim.lost,
             publisher,
             remote_seen: HashMap::new(),
             // A new room's first snapshot is written before it serves anyone.
@@ -321,7 +324,6 @@ impl Room {
         let mut flush = tokio::time::interval(flush_every.unwrap_or(Duration::from_secs(3600)));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.deps.shutdown.clone();
-        let fenced = self.fenced.clone();
         if self.deps.backplane.wants_snapshots() && self.snapshot_seq.is_none() {
             self.write_snapshot().await;
         }
@@ -335,6 +337,7 @@ impl Room {
                 wake = next;
                 timer.as_mut().reset(TokioInstant::from_std(wake));
             }
+            let (fenced, lost) = (self.fenced.clone(), self.lost.clone());
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -365,6 +368,7 @@ impl Room {
                     self.failed = true;
                     break;
                 }
+                _ = lost.cancelled() => self.reseed().await,
             }
             if self.failed {
                 break;
@@ -918,8 +922,46 @@ impl Room {
         }
     }
 
-    async fn write_snapshot(&mut self) {
-        let snapshot = RoomSnapshot {
+    /// Writes the room back after the store lost it (Redis restarted empty), under a new
+    /// epoch; every member jumps to it with a `resync`.
+    async fn reseed(&mut self) {
+        let snapshot = self.durable_snapshot();
+        match self.deps.backplane.reseed(&self.id, &snapshot).await {
+            Ok(claim) => {
+                self.epoch = claim.epoch;
+                self.fenced = claim.fenced;
+                self.lost = claim.lost;
+                self.snapshot_seq = Some(self.seq);
+                self.snapshot_at = Instant::now();
+                // Deltas of the old epoch cannot serve resumes in the new one.
+                self.ring.clear();
+                let players: Vec<(PlayerId, u64)> = self
+                    .members
+                    .values()
+                    .filter(|m| m.conn.is_some())
+                    .map(|m| (m.player.clone(), m.last_cid))
+                    .collect();
+                for (player, cid) in players {
+                    let resync = ServerMsg::Resync {
+                        room: self.id.to_string(),
+                        snapshot: self.snapshot(),
+                        cid,
+                        members: self.member_list(),
+                    };
+                    counter!(names::RESYNCS).increment(1);
+                    self.send_to(&player, encode(&resync));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(room = %self.id, error = %e, "re-seed failed; handing the room off");
+                self.failed = true;
+            }
+        }
+    }
+
+    /// The room as the backplane stores it.
+    fn durable_snapshot(&self) -> RoomSnapshot {
+        RoomSnapshot {
             v: SNAPSHOT_FORMAT,
             room_type: self.logic.name().to_owned(),
             epoch: self.epoch,
@@ -934,7 +976,11 @@ impl Room {
                     applied: m.applied.iter().copied().collect(),
                 })
                 .collect(),
-        };
+        }
+    }
+
+    async fn write_snapshot(&mut self) {
+        let snapshot = self.durable_snapshot();
         let started = Instant::now();
         match self.deps.backplane.snapshot(&self.id, &snapshot).await {
             Ok(()) => {
