@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -218,7 +219,14 @@ impl Server {
                 node.shutdown.cancel();
             }
         };
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(signal).await;
+        // Game traffic is many small frames: send each at once instead of waiting for ACKs
+        // (Nagle would add up to a delayed-ACK period, ~40 ms, to deltas).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, app).with_graceful_shutdown(signal).await;
         node.shutdown.cancel();
         node.tracker.close();
         if tokio::time::timeout(node.config.drain_timeout(), node.tracker.wait()).await.is_err() {

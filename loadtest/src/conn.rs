@@ -5,9 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use futures_util::{SinkExt, StreamExt};
-use gamerelay::protocol::{
-    decode_server, encode, ClientMsg, Doc, Join, ServerMsg, PROTOCOL_VERSION,
-};
+use gamerelay::protocol::{decode_server, encode, ClientMsg, Doc, Join, ServerMsg, PROTOCOL_VERSION};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -68,9 +66,8 @@ impl From<tokio_tungstenite::tungstenite::Error> for ConnError {
 pub async fn resolve_targets(urls: &[String]) -> Result<Vec<Target>, String> {
     let mut out = Vec::with_capacity(urls.len());
     for url in urls {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+        let rest =
+            url.strip_prefix("ws://").ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
         let authority = rest.split(['/', '?']).next().unwrap_or_default();
         if authority.is_empty() {
             return Err(format!("{url}: no host"));
@@ -89,13 +86,8 @@ pub async fn resolve_targets(urls: &[String]) -> Result<Vec<Target>, String> {
             .collect();
         // Prefer IPv4: the source-address spreading below is for 127.0.0.0/8.
         addrs.sort_by_key(|a| !a.is_ipv4());
-        let addr = *addrs
-            .first()
-            .ok_or_else(|| format!("{url}: {host_port} resolves to nothing"))?;
-        out.push(Target {
-            url: url.clone(),
-            addr,
-        });
+        let addr = *addrs.first().ok_or_else(|| format!("{url}: {host_port} resolves to nothing"))?;
+        out.push(Target { url: url.clone(), addr });
     }
     Ok(out)
 }
@@ -114,14 +106,8 @@ impl SourceAddrs {
     /// [`CONNECTIONS_PER_SOURCE`] connections to the busiest target when every target is on
     /// 127.0.0.0/8 and one is not enough, else none (the kernel chooses). `requested` = n > 0
     /// uses 127.0.0.1..=127.0.0.n (loopback targets only).
-    pub fn plan(
-        requested: usize,
-        targets: &[Target],
-        max_conns_per_target: usize,
-    ) -> Result<Self, String> {
-        let loopback = targets
-            .iter()
-            .all(|t| matches!(t.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()));
+    pub fn plan(requested: usize, targets: &[Target], max_conns_per_target: usize) -> Result<Self, String> {
+        let loopback = targets.iter().all(|t| matches!(t.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()));
         let n = match requested {
             0 if loopback => max_conns_per_target.div_ceil(CONNECTIONS_PER_SOURCE),
             0 => 0,
@@ -134,11 +120,7 @@ impl SourceAddrs {
         if n > 254 {
             return Err(format!("{n} source addresses needed; at most 254"));
         }
-        Ok(SourceAddrs(
-            (1..=n as u8)
-                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
-                .collect(),
-        ))
+        Ok(SourceAddrs((1..=n as u8).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect()))
     }
 
     /// Source address of connection number `i` (`None`: let the kernel choose).
@@ -154,18 +136,12 @@ impl SourceAddrs {
 /// WebSocket settings for a load generator: small read buffers (thousands of connections,
 /// each receiving frames of ~100 bytes) and no write buffering (every input goes out at once).
 fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
+    WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0)
 }
 
 /// Opens a WebSocket to `target`, with `?room=<room>` for load balancers that route by room.
 pub async fn open(target: &Target, room: &str, source: Option<IpAddr>) -> Result<Ws, ConnError> {
-    let socket = if target.addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if target.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
@@ -173,8 +149,7 @@ pub async fn open(target: &Target, room: &str, source: Option<IpAddr>) -> Result
     tcp.set_nodelay(true)?;
     let sep = if target.url.contains('?') { '&' } else { '?' };
     let url = format!("{}{sep}room={room}", target.url);
-    let (ws, _response) =
-        tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config())).await?;
+    let (ws, _response) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config())).await?;
     Ok(ws)
 }
 
@@ -193,11 +168,8 @@ pub async fn hello_join(ws: &mut Ws, room: &str, room_type: &str) -> Result<Join
         v: PROTOCOL_VERSION,
         client: Some(concat!("gamerelay-loadtest/", env!("CARGO_PKG_VERSION")).to_string()),
     };
-    let join = ClientMsg::Join(Join {
-        room: room.to_string(),
-        room_type: room_type.to_string(),
-        ..Join::default()
-    });
+    let join =
+        ClientMsg::Join(Join { room: room.to_string(), room_type: room_type.to_string(), ..Join::default() });
     ws.feed(Message::Binary(encode(&hello))).await?;
     ws.send(Message::Binary(encode(&join))).await?;
     while let Some(msg) = ws.next().await {
@@ -205,17 +177,10 @@ pub async fn hello_join(ws: &mut Ws, room: &str, room_type: &str) -> Result<Join
             continue;
         };
         match decode_server(&frame) {
-            Ok(ServerMsg::Joined {
-                player, snapshot, ..
-            }) => {
-                return Ok(Joined {
-                    player,
-                    state: snapshot.map(|s| s.state).unwrap_or_default(),
-                })
+            Ok(ServerMsg::Joined { player, snapshot, .. }) => {
+                return Ok(Joined { player, state: snapshot.map(|s| s.state).unwrap_or_default() })
             }
-            Ok(ServerMsg::Error { code, message }) => {
-                return Err(ConnError::Refused { code, message })
-            }
+            Ok(ServerMsg::Error { code, message }) => return Err(ConnError::Refused { code, message }),
             // Anything else before `joined` is not ours to handle; a frame we cannot decode
             // here is skipped too (the run itself counts bad frames).
             Ok(_) | Err(_) => {}
@@ -226,9 +191,7 @@ pub async fn hello_join(ws: &mut Ws, room: &str, room_type: &str) -> Result<Join
 
 /// The number at `path` (`/`-separated map keys) in `doc`.
 pub fn number_at(doc: &Doc, path: &str) -> Option<f64> {
-    path.split('/')
-        .try_fold(doc, |d, key| d.as_map()?.get(key))?
-        .as_f64()
+    path.split('/').try_fold(doc, |d, key| d.as_map()?.get(key))?.as_f64()
 }
 
 #[cfg(test)]
@@ -237,10 +200,7 @@ mod tests {
     use gamerelay::protocol::DocMap;
 
     fn target(ip: [u8; 4]) -> Target {
-        Target {
-            url: "ws://x/ws".into(),
-            addr: SocketAddr::from((ip, 8080)),
-        }
+        Target { url: "ws://x/ws".into(), addr: SocketAddr::from((ip, 8080)) }
     }
 
     #[test]
@@ -252,28 +212,17 @@ mod tests {
         assert_eq!(plan(0, 70_000), Ok(4));
         assert_eq!(plan(3, 10), Ok(3));
         let s = SourceAddrs::plan(2, &lo, 10).unwrap_or_default();
-        assert_eq!(
-            s.for_connection(3),
-            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
-        );
+        assert_eq!(s.for_connection(3), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
         let remote = [target([10, 0, 0, 1])];
-        assert_eq!(
-            SourceAddrs::plan(0, &remote, 50_000).map(|s| s.len()),
-            Ok(0)
-        );
+        assert_eq!(SourceAddrs::plan(0, &remote, 50_000).map(|s| s.len()), Ok(0));
         assert!(SourceAddrs::plan(2, &remote, 10).is_err());
     }
 
     #[tokio::test]
     async fn urls_are_parsed_and_resolved() {
         let t = resolve_targets(&["ws://127.0.0.1:9/ws?x=1".to_string()]).await;
-        assert_eq!(
-            t.map(|t| t[0].addr),
-            Ok(SocketAddr::from(([127, 0, 0, 1], 9)))
-        );
-        assert!(resolve_targets(&["wss://127.0.0.1/ws".to_string()])
-            .await
-            .is_err());
+        assert_eq!(t.map(|t| t[0].addr), Ok(SocketAddr::from(([127, 0, 0, 1], 9))));
+        assert!(resolve_targets(&["wss://127.0.0.1/ws".to_string()]).await.is_err());
         let t = resolve_targets(&["ws://127.0.0.1/".to_string()]).await;
         assert_eq!(t.map(|t| t[0].addr.port()), Ok(80));
     }

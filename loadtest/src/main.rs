@@ -43,12 +43,7 @@ enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
     /// Server WebSocket URL (ws:// only); repeat to spread players over several nodes.
-    #[arg(
-        long = "url",
-        global = true,
-        default_value = "ws://127.0.0.1:8080/ws",
-        value_name = "URL"
-    )]
+    #[arg(long = "url", global = true, default_value = "ws://127.0.0.1:8080/ws", value_name = "URL")]
     pub urls: Vec<String>,
     /// Print one JSON line with the figures on stdout (the human summary goes to stderr).
     #[arg(long, global = true)]
@@ -77,9 +72,8 @@ pub struct Common {
 impl Common {
     pub fn room_prefix(&self) -> String {
         self.room_prefix.clone().unwrap_or_else(|| {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let secs =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             format!("lt{}-{}-", std::process::id(), secs % 100_000)
         })
     }
@@ -100,14 +94,9 @@ fn main() -> ExitCode {
     }
     let threads = cli.common.threads.max(1);
     let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
     };
     let runtime = match runtime {
         Ok(rt) => rt,

@@ -59,14 +59,7 @@ pub fn rss_kib(pid: Pid) -> io::Result<u64> {
 }
 
 fn parse_vmrss_kib(status: &str) -> Option<u64> {
-    status.lines().find_map(|l| {
-        l.strip_prefix("VmRSS:")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
-    })
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// The open-files limit after [`raise_nofile_limit`].
@@ -80,19 +73,13 @@ pub struct NofileLimit {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (each connection is one descriptor).
 pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
     if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
         // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the hard one is
         // always permitted.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
@@ -101,10 +88,34 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     }
     // rlim_t is u64 on 64-bit Linux but not on every target.
     #[allow(clippy::unnecessary_cast)]
-    Ok(NofileLimit {
-        soft: lim.rlim_cur as u64,
-        hard: lim.rlim_max as u64,
-    })
+    Ok(NofileLimit { soft: lim.rlim_cur as u64, hard: lim.rlim_max as u64 })
+}
+
+/// Machine-wide CPU time from the first line of `/proc/stat`, in seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemCpu {
+    /// user + nice + system + irq + softirq (not idle, iowait or steal).
+    pub busy: f64,
+    /// Time the hypervisor gave to other guests while we wanted to run.
+    pub steal: f64,
+}
+
+pub fn system_cpu() -> io::Result<SystemCpu> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    parse_system_cpu(&stat)
+        .map(|(busy, steal)| SystemCpu {
+            busy: busy as f64 / clock_ticks_per_sec(),
+            steal: steal as f64 / clock_ticks_per_sec(),
+        })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/stat"))
+}
+
+/// (busy, steal) ticks of the `cpu` line: user nice system idle iowait irq softirq steal ...
+fn parse_system_cpu(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_ascii_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    Some((at(0) + at(1) + at(2) + at(5) + at(6), at(7)))
 }
 
 /// CPU use of the generator and of the servers over a measured window.
@@ -112,6 +123,7 @@ pub struct CpuWindow {
     started: std::time::Instant,
     me: f64,
     servers: Vec<(u32, Option<f64>)>,
+    system: Option<SystemCpu>,
 }
 
 /// What [`CpuWindow::finish`] measured.
@@ -126,6 +138,12 @@ pub struct CpuFigures {
     pub server_cpu_s: Option<f64>,
     /// Servers that could not be read, with why.
     pub unreadable: Vec<String>,
+    /// CPU seconds the whole machine was busy with anything but the generator and the
+    /// servers (other processes, and kernel work not charged to any process, such as some
+    /// network softirq processing). `None` if /proc/stat or a server could not be read.
+    pub other_cpu_s: Option<f64>,
+    /// CPU seconds stolen by the hypervisor.
+    pub steal_s: Option<f64>,
 }
 
 impl CpuWindow {
@@ -133,10 +151,8 @@ impl CpuWindow {
         CpuWindow {
             started: std::time::Instant::now(),
             me: cpu_seconds(Pid::Me).unwrap_or(0.0),
-            servers: server_pids
-                .iter()
-                .map(|&p| (p, cpu_seconds(Pid::Other(p)).ok()))
-                .collect(),
+            system: system_cpu().ok(),
+            servers: server_pids.iter().map(|&p| (p, cpu_seconds(Pid::Other(p)).ok())).collect(),
         }
     }
 
@@ -153,11 +169,21 @@ impl CpuWindow {
             }
         }
         let server_cpu_s = (!self.servers.is_empty() && unreadable.is_empty()).then_some(sum);
+        let system = match (self.system, system_cpu()) {
+            (Some(b), Ok(a)) => Some((a.busy - b.busy, a.steal - b.steal)),
+            _ => None,
+        };
+        let other_cpu_s = match (system, unreadable.is_empty()) {
+            (Some((busy, _)), true) => Some((busy - generator_cpu_s - sum).max(0.0)),
+            _ => None,
+        };
         CpuFigures {
             wall_s,
             generator_cpu_s,
             server_cpu_s,
             unreadable,
+            other_cpu_s,
+            steal_s: system.map(|(_, steal)| steal),
         }
     }
 }
@@ -167,9 +193,7 @@ pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
     }
-    pids.iter()
-        .map(|&p| rss_kib(Pid::Other(p)).ok())
-        .sum::<Option<u64>>()
+    pids.iter().map(|&p| rss_kib(Pid::Other(p)).ok()).sum::<Option<u64>>()
 }
 
 #[cfg(test)]
@@ -181,6 +205,13 @@ mod tests {
         let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 9 0 0 0 \
                     1234 567 0 0 20 0 3 0 100 1000 200 18446744073709551615";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(1234 + 567));
+    }
+
+    #[test]
+    fn system_cpu_sums_busy_columns() {
+        let stat = "cpu  10 1 5 1000 7 2 3 4 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(parse_system_cpu(stat), Some((10 + 1 + 5 + 2 + 3, 4)));
+        assert!(system_cpu().is_ok());
     }
 
     #[test]

@@ -26,12 +26,7 @@ impl Timeline {
     pub fn new(start: Instant, warmup: Duration, window: Duration, drain: Duration) -> Self {
         let window_start = start + warmup;
         let window_end = window_start + window;
-        Timeline {
-            start,
-            window_start,
-            window_end,
-            stop: window_end + drain,
-        }
+        Timeline { start, window_start, window_end, stop: window_end + drain }
     }
 
     pub fn in_window(&self, t: Instant) -> bool {
@@ -65,8 +60,7 @@ impl Samples {
     }
 
     pub fn push(&mut self, d: Duration) {
-        self.0
-            .push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX));
+        self.0.push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX));
     }
 
     #[cfg(test)]
@@ -149,12 +143,7 @@ pub struct ErrorCounts {
 
 impl ErrorCounts {
     pub fn total(&self) -> u64 {
-        self.connect
-            + self.rejects
-            + self.error_frames
-            + self.closed
-            + self.bad_frames
-            + self.send_failures
+        self.connect + self.rejects + self.error_frames + self.closed + self.bad_frames + self.send_failures
     }
 
     pub fn add(&mut self, o: &ErrorCounts) {
@@ -174,12 +163,7 @@ mod tests {
     #[test]
     fn slots_are_counted_in_the_half_open_window() {
         let s = Instant::now();
-        let tl = Timeline::new(
-            s,
-            Duration::from_secs(1),
-            Duration::from_secs(2),
-            Duration::ZERO,
-        );
+        let tl = Timeline::new(s, Duration::from_secs(1), Duration::from_secs(2), Duration::ZERO);
         let p = Duration::from_millis(50);
         assert_eq!(tl.slots_in_window(s, p), 40);
         assert_eq!(tl.slots_in_window(s + Duration::from_millis(7), p), 40);

@@ -85,12 +85,8 @@ fn scan_message(
     }
     match kind {
         b"delta" => on(Event::Delta { mine: by_me, cid }),
-        b"ack" => on(Event::Ack {
-            cid: cid.ok_or(WireError::Unexpected)?,
-        }),
-        b"reject" => on(Event::Reject {
-            cid: cid.ok_or(WireError::Unexpected)?,
-        }),
+        b"ack" => on(Event::Ack { cid: cid.ok_or(WireError::Unexpected)? }),
+        b"reject" => on(Event::Reject { cid: cid.ok_or(WireError::Unexpected)? }),
         b"resync" => on(Event::Resync),
         b"error" => on(Event::Error),
         b"batch" => {
@@ -129,10 +125,7 @@ impl<'a> Reader<'a> {
     }
 
     fn be(&mut self, n: usize) -> Result<u64, WireError> {
-        Ok(self
-            .take(n)?
-            .iter()
-            .fold(0u64, |acc, &b| (acc << 8) | b as u64))
+        Ok(self.take(n)?.iter().fold(0u64, |acc, &b| (acc << 8) | b as u64))
     }
 
     fn map_len(&mut self) -> Result<usize, WireError> {
@@ -263,17 +256,9 @@ mod tests {
             cid,
             by: by.map(str::to_string),
             ops: vec![
-                Op::Set {
-                    path: "players/p-1/x".into(),
-                    value: Doc::Float(12.25),
-                },
-                Op::Set {
-                    path: "players/p-1".into(),
-                    value: Doc::Map(map),
-                },
-                Op::Del {
-                    path: "gems/g1".into(),
-                },
+                Op::Set { path: "players/p-1/x".into(), value: Doc::Float(12.25) },
+                Op::Set { path: "players/p-1".into(), value: Doc::Map(map) },
+                Op::Del { path: "gems/g1".into() },
             ],
         })
     }
@@ -287,28 +272,10 @@ mod tests {
     #[test]
     fn deltas_are_recognised_with_their_author_and_cid() {
         let f = encode(&delta(Some("p-1"), Some(70_000)));
-        assert_eq!(
-            events(&f, "p-1"),
-            Ok(vec![Event::Delta {
-                mine: true,
-                cid: Some(70_000)
-            }])
-        );
-        assert_eq!(
-            events(&f, "p-2"),
-            Ok(vec![Event::Delta {
-                mine: false,
-                cid: Some(70_000)
-            }])
-        );
+        assert_eq!(events(&f, "p-1"), Ok(vec![Event::Delta { mine: true, cid: Some(70_000) }]));
+        assert_eq!(events(&f, "p-2"), Ok(vec![Event::Delta { mine: false, cid: Some(70_000) }]));
         let server_change = encode(&delta(None, None));
-        assert_eq!(
-            events(&server_change, "p-1"),
-            Ok(vec![Event::Delta {
-                mine: false,
-                cid: None
-            }])
-        );
+        assert_eq!(events(&server_change, "p-1"), Ok(vec![Event::Delta { mine: false, cid: None }]));
     }
 
     #[test]
@@ -321,26 +288,16 @@ mod tests {
                 status: PresenceStatus::Joined,
             }),
             encode(&delta(Some("p-1"), Some(9))),
-            encode(&ServerMsg::Reject {
-                cid: 10,
-                code: "forbidden".into(),
-                message: "no".into(),
-            }),
+            encode(&ServerMsg::Reject { cid: 10, code: "forbidden".into(), message: "no".into() }),
             encode(&ServerMsg::Ack { cid: 3, seq: 4 }),
         ];
         let f = batch_frame(parts.iter());
         assert_eq!(
             events(&f, "p-1"),
             Ok(vec![
-                Event::Delta {
-                    mine: false,
-                    cid: Some(1)
-                },
+                Event::Delta { mine: false, cid: Some(1) },
                 Event::Other,
-                Event::Delta {
-                    mine: true,
-                    cid: Some(9)
-                },
+                Event::Delta { mine: true, cid: Some(9) },
                 Event::Reject { cid: 10 },
                 Event::Ack { cid: 3 },
             ])
@@ -356,10 +313,7 @@ mod tests {
             session: "s".repeat(300),
             resumed: false,
             cid: 0,
-            members: vec![MemberInfo {
-                player: "p-1".into(),
-                status: PresenceStatus::Joined,
-            }],
+            members: vec![MemberInfo { player: "p-1".into(), status: PresenceStatus::Joined }],
             snapshot: Some(Snapshot {
                 epoch: 1,
                 seq: 2,
@@ -368,10 +322,7 @@ mod tests {
             }),
         };
         assert_eq!(events(&encode(&joined), "p-1"), Ok(vec![Event::Other]));
-        let err = ServerMsg::Error {
-            code: "bad_frame".into(),
-            message: "x".into(),
-        };
+        let err = ServerMsg::Error { code: "bad_frame".into(), message: "x".into() };
         assert_eq!(events(&encode(&err), "p-1"), Ok(vec![Event::Error]));
     }
 
@@ -385,11 +336,8 @@ mod tests {
         trailing.push(0xc0);
         assert_eq!(events(&trailing, "p-1"), Err(WireError::Trailing));
         assert_eq!(events(&[0x91, 0x01], "p-1"), Err(WireError::Unexpected));
-        let deep: Vec<u8> = std::iter::once(0x81)
-            .chain([0xa1, b'x'])
-            .chain(std::iter::repeat(0x91).take(200))
-            .chain([0xc0])
-            .collect();
+        let deep: Vec<u8> =
+            std::iter::once(0x81).chain([0xa1, b'x']).chain([0x91; 200]).chain([0xc0]).collect();
         assert_eq!(events(&deep, "p-1"), Err(WireError::TooDeep));
     }
 }

@@ -219,6 +219,8 @@ pub struct Room {
     publisher: Option<RoomPublisher>,
     /// Last time each node relaying remote members was heard from.
     remote_seen: HashMap<Arc<str>, Instant>,
+    /// The housekeeping deadline when nothing is due (an hour ahead, refreshed when it fires).
+    idle_wake: Instant,
     /// seq and time of the last durable snapshot (`None`: none written yet).
     snapshot_seq: Option<u64>,
     snapshot_at: Instant,
@@ -309,6 +311,7 @@ impl Room {
             // A new room's first snapshot is written before it serves anyone.
             snapshot_seq: (seq > 0).then_some(snapshot_seq),
             snapshot_at: now,
+            idle_wake: now + Duration::from_secs(3600),
             delta_bytes: histogram!(names::DELTA_BYTES, "type" => logic_name),
             state_bytes: histogram!(names::STATE_BYTES, "type" => logic_name),
             deps,
@@ -357,7 +360,8 @@ impl Room {
                 // Ticks only while something waits to be flushed: idle rooms do not wake.
                 _ = flush.tick(), if flush_every.is_some() && !self.pending.is_empty() => self.flush(),
                 _ = &mut timer => {
-                    wake = Instant::now() + Duration::from_secs(3600);
+                    self.idle_wake = Instant::now() + Duration::from_secs(3600);
+                    wake = self.idle_wake;
                     timer.as_mut().reset(TokioInstant::from_std(wake));
                     if self.housekeep(Instant::now()).await {
                         break;
@@ -1004,7 +1008,9 @@ impl Room {
     /// the idle TTL of an empty room.
     fn next_deadline(&self) -> Instant {
         let now = Instant::now();
-        let mut next = now + Duration::from_secs(3600);
+        // Far enough to mean "nothing to do", and stable between calls so the timer is not
+        // moved on every command.
+        let mut next = self.idle_wake;
         let grace = self.deps.config.reconnect_grace();
         for m in self.members.values() {
             if let Some(at) = m.disconnected_at {
