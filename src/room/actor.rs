@@ -327,6 +327,12 @@ impl Room {
         let mut flush = tokio::time::interval(flush_every.unwrap_or(Duration::from_secs(3600)));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.deps.shutdown.clone();
+        // Cancellation futures are made once (each registers a waiter when first polled),
+        // and anew only when the backplane hands out new tokens (re-seed).
+        let shutting_down = shutdown.clone().cancelled_owned();
+        tokio::pin!(shutting_down);
+        let mut fenced = Box::pin(self.fenced.clone().cancelled_owned());
+        let mut lost = Box::pin(self.lost.clone().cancelled_owned());
         if self.deps.backplane.wants_snapshots() && self.snapshot_seq.is_none() {
             self.write_snapshot().await;
         }
@@ -340,7 +346,6 @@ impl Room {
                 wake = next;
                 timer.as_mut().reset(TokioInstant::from_std(wake));
             }
-            let (fenced, lost) = (self.fenced.clone(), self.lost.clone());
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -367,12 +372,16 @@ impl Room {
                         break;
                     }
                 }
-                _ = shutdown.cancelled() => break,
-                _ = fenced.cancelled() => {
+                _ = &mut shutting_down => break,
+                _ = &mut fenced => {
                     self.failed = true;
                     break;
                 }
-                _ = lost.cancelled() => self.reseed().await,
+                _ = &mut lost => {
+                    self.reseed().await;
+                    fenced = Box::pin(self.fenced.clone().cancelled_owned());
+                    lost = Box::pin(self.lost.clone().cancelled_owned());
+                }
             }
             if self.failed {
                 break;

@@ -127,10 +127,15 @@ impl Session {
         let timer =
             sleep_until(TokioInstant::from_std(handshake_deadline.min(self.last_rx + config.idle_timeout())));
         tokio::pin!(timer);
+        // Created once: a cancellation future registers a waiter (a lock) when first polled.
+        let closed = control.closed();
+        tokio::pin!(closed);
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
         loop {
             tokio::select! {
-                _ = control.closed() => return,
-                _ = shutdown.cancelled() => {
+                _ = &mut closed => return,
+                _ = &mut shutting_down => {
                     let hint = self.node.reconnect_hint_ms();
                     control.close(CloseCode::ServiceRestart, format!("retry_ms={hint}"));
                     return;
@@ -186,14 +191,11 @@ impl Session {
         }
     }
 
-    /// Queues a reply for this client, waiting for room in the queue unless the
-    /// connection is closing.
+    /// Queues a reply for this client, waiting for room in the queue. (If the client stops
+    /// reading for good, the room closes the connection as a slow consumer; the writer then
+    /// drops the queue and this wait ends.)
     async fn send(&self, msg: &ServerMsg) {
-        let frame = encode(msg);
-        tokio::select! {
-            _ = self.conn.outbox.send(frame) => {}
-            _ = self.conn.control.closed() => {}
-        }
+        let _ = self.conn.outbox.send(encode(msg)).await;
     }
 
     async fn error(&self, code: ErrorCode, message: String) {
@@ -328,16 +330,9 @@ impl Session {
                     Command::Detach => RoomCmd::Detach { player, conn },
                     Command::Forget => return Flow::Stop,
                 };
-                if matches!(cmd, RoomCmd::Detach { .. }) {
-                    // Sent as the connection ends (its control is already closed): never
-                    // skip it, or the member would stay connected forever.
-                    room.tx.send(cmd).await.is_ok()
-                } else {
-                    tokio::select! {
-                        sent = room.tx.send(cmd) => sent.is_ok(),
-                        _ = self.conn.control.closed() => return Flow::Stop,
-                    }
-                }
+                // Waits only while the room's mailbox is full (backpressure); a room drains
+                // its mailbox or stops, which ends the wait either way.
+                room.tx.send(cmd).await.is_ok()
             }
             RoomLink::Remote { room, owner, relay } => {
                 let (from, conn, player) =

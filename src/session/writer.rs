@@ -31,16 +31,19 @@ pub async fn run(
     metrics: HotMetrics,
 ) {
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    // Created once: a cancellation future registers a waiter (a lock) when first polled.
+    let closed = control.closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
-            _ = control.closed() => break,
+            _ = &mut closed => break,
             frame = queue.recv() => {
                 let Some(frame) = frame else { break };
                 let written = tokio::select! {
                     r = write_batch(&mut sink, frame, &mut queue, &metrics) => r,
                     // A client that stopped reading must not pin this task in a flush.
-                    _ = control.closed() => Err(()),
+                    _ = &mut closed => Err(()),
                 };
                 if written.is_err() {
                     control.gone("socket_error");
