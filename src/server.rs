@@ -210,13 +210,23 @@ impl Server {
             );
         }
         let app = gateway::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        // The listener keeps serving while the node drains, so `/readyz` answers 503 (and new
+        // upgrades are refused with 503) until every connection and room is done or the
+        // drain deadline passes; only then does the HTTP server stop.
         let signal = {
             let node = node.clone();
             async move {
                 shutdown.await;
-                tracing::info!("shutting down: closing connections with 1012");
+                tracing::info!("draining: closing connections with 1012, handing rooms off");
                 node.draining.store(true, Ordering::Release);
                 node.shutdown.cancel();
+                node.tracker.close();
+                if tokio::time::timeout(node.config.drain_timeout(), node.tracker.wait()).await.is_err() {
+                    tracing::warn!(
+                        remaining = node.tracker.len(),
+                        "drain timeout: exiting with tasks still running"
+                    );
+                }
             }
         };
         // Game traffic is many small frames: send each at once instead of waiting for ACKs
@@ -228,10 +238,6 @@ impl Server {
         });
         let served = axum::serve(listener, app).with_graceful_shutdown(signal).await;
         node.shutdown.cancel();
-        node.tracker.close();
-        if tokio::time::timeout(node.config.drain_timeout(), node.tracker.wait()).await.is_err() {
-            tracing::warn!(remaining = node.tracker.len(), "drain timeout: exiting with tasks still running");
-        }
         tracing::info!("node stopped");
         served.map_err(ServerError::Serve)
     }

@@ -91,6 +91,10 @@ pub enum BackplaneError {
     /// The room is owned by another node; join it there.
     #[error("room is owned by {0}")]
     OwnedElsewhere(String),
+    /// The store lost the room (its lease and epoch are gone: Redis restarted empty); the
+    /// owner may write it back with [`Backplane::reseed`].
+    #[error("the store lost the room's data")]
+    Lost,
     /// Stored data is unusable (format, gaps in the log).
     #[error("stored room data is unusable: {0}")]
     Corrupt(String),

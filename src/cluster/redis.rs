@@ -67,7 +67,9 @@ return {1, s}
 "#;
 
 const COMMIT: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease') end
+local lease = redis.call('GET', KEYS[1])
+if not lease and redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('LOST') end
+if lease ~= ARGV[1] then return redis.error_reply('FENCED lease') end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return redis.error_reply('FENCED epoch') end
 local head = redis.call('GET', KEYS[3]) or '0'
 if head ~= ARGV[3] then return redis.error_reply('FENCED head ' .. head) end
@@ -79,7 +81,9 @@ return ARGV[4]
 "#;
 
 const SNAPSHOT: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease') end
+local lease = redis.call('GET', KEYS[1])
+if not lease and redis.call('EXISTS', KEYS[2]) == 0 then return redis.error_reply('LOST') end
+if lease ~= ARGV[1] then return redis.error_reply('FENCED lease') end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return redis.error_reply('FENCED epoch') end
 local cur = tonumber(redis.call('GET', KEYS[4]) or '-1')
 if tonumber(ARGV[3]) > cur then
@@ -98,6 +102,9 @@ if ARGV[2] ~= '0' then
 end
 return 1
 "#;
+
+/// Pause before the one retry of a command whose outcome is unknown.
+const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Settings the backplane takes from the node's configuration.
 #[derive(Debug, Clone)]
@@ -149,7 +156,9 @@ fn unavailable(e: redis::RedisError) -> BackplaneError {
 /// Classifies a script error: our own fencing refusals vs. trouble reaching Redis.
 fn script_error(e: redis::RedisError) -> BackplaneError {
     let text = e.to_string();
-    if text.contains("FENCED") {
+    if text.contains("LOST") {
+        BackplaneError::Lost
+    } else if text.contains("FENCED") {
         BackplaneError::Fenced(text)
     } else {
         BackplaneError::Unavailable(text)
@@ -344,6 +353,12 @@ impl RedisBackplane {
     }
 }
 
+/// The head a `FENCED head <n>` refusal reports.
+fn fenced_head(why: &str) -> Option<u64> {
+    let rest = &why[why.find("FENCED head ")? + "FENCED head ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
 /// Adds (cid, seq) to `player`'s record.
 fn record_applied(players: &mut Vec<PlayerRecord>, player: &str, cid: u64, seq: u64) {
     match players.iter_mut().find(|p| p.player == player) {
@@ -452,8 +467,19 @@ impl Backplane for RedisBackplane {
                 LogEntry::Left { after, player } => invocation.arg(format!("{after}-*")).arg("l").arg(player),
             };
         }
-        let result: redis::RedisResult<String> = invocation.invoke_async(&mut conn).await;
-        match result.map_err(script_error) {
+        let mut result = invocation.invoke_async::<String>(&mut conn).await.map_err(script_error);
+        if let Err(BackplaneError::Unavailable(first)) = &result {
+            // The outcome is unknown (a timeout, or the first command on a connection that
+            // broke while idle). Try once more: the script is fenced on the head, so a batch
+            // that did land is refused with `FENCED head <our head>`, which means it is in.
+            tracing::debug!(room, error = %first, "commit outcome unknown; retrying once");
+            tokio::time::sleep(RETRY_PAUSE).await;
+            result = match invocation.invoke_async::<String>(&mut conn).await.map_err(script_error) {
+                Err(BackplaneError::Fenced(why)) if fenced_head(&why) == Some(head) => Ok(String::new()),
+                other => other,
+            };
+        }
+        match result {
             Ok(_) => Ok(()),
             Err(BackplaneError::Fenced(why)) => {
                 self.fence(room, &why);
@@ -496,22 +522,33 @@ impl Backplane for RedisBackplane {
         let started = Instant::now();
         let blob = rmp_serde::to_vec_named(snapshot).map_err(|e| BackplaneError::Corrupt(e.to_string()))?;
         let mut conn = self.conn.clone();
-        let (won, value): (i64, String) = self
-            .scripts
-            .reseed
-            .key(self.keys.lease(room))
-            .key(self.keys.epoch(room))
-            .key(self.keys.head(room))
-            .key(self.keys.snap(room))
-            .key(self.keys.snapseq(room))
+        let mut invocation = self.scripts.reseed.prepare_invoke();
+        for key in [
+            self.keys.lease(room),
+            self.keys.epoch(room),
+            self.keys.head(room),
+            self.keys.snap(room),
+            self.keys.snapseq(room),
+        ] {
+            invocation.key(key);
+        }
+        invocation
             .arg(&*self.incarnation)
             .arg(self.settings.lease_ttl.as_millis() as u64)
             .arg(unix_ms())
             .arg(snapshot.seq.to_string())
-            .arg(blob)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .arg(blob);
+        // Re-seeding follows a Redis restart: the first command on an idle connection may
+        // meet the broken socket. The script only takes a free or own lease: safe to retry.
+        let mut outcome = invocation.invoke_async::<(i64, String)>(&mut conn).await;
+        for _ in 0..3 {
+            if outcome.is_ok() {
+                break;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+            outcome = invocation.invoke_async::<(i64, String)>(&mut conn).await;
+        }
+        let (won, value) = outcome.map_err(unavailable)?;
         if won != 1 {
             return Err(BackplaneError::OwnedElsewhere(value));
         }

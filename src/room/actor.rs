@@ -215,6 +215,8 @@ pub struct Room {
     fenced: CancellationToken,
     /// Cancelled by the backplane when the store lost the room: write it back.
     lost: CancellationToken,
+    /// Set when `fenced`/`lost` were replaced (re-seed): the run loop watches the new ones.
+    tokens_changed: bool,
     /// Cluster mode: the ordered queue of frames for members on other nodes.
     publisher: Option<RoomPublisher>,
     /// Last time each node relaying remote members was heard from.
@@ -306,6 +308,7 @@ impl Room {
             failed: false,
             fenced: claim.fenced,
             lost: claim.lost,
+            tokens_changed: false,
             publisher,
             remote_seen: HashMap::new(),
             // A new room's first snapshot is written before it serves anyone.
@@ -377,11 +380,11 @@ impl Room {
                     self.failed = true;
                     break;
                 }
-                _ = &mut lost => {
-                    self.reseed().await;
-                    fenced = Box::pin(self.fenced.clone().cancelled_owned());
-                    lost = Box::pin(self.lost.clone().cancelled_owned());
-                }
+                _ = &mut lost => self.reseed().await,
+            }
+            if std::mem::take(&mut self.tokens_changed) {
+                fenced = Box::pin(self.fenced.clone().cancelled_owned());
+                lost = Box::pin(self.lost.clone().cancelled_owned());
             }
             if self.failed {
                 break;
@@ -822,6 +825,14 @@ impl Room {
         let batch = CommitBatch { prev_seq, entries: &entries };
         match self.deps.backplane.commit(&self.id, self.epoch, batch).await {
             Ok(()) => self.publish(staged),
+            Err(BackplaneError::Lost) => {
+                // Redis lost the room: write it back from memory (which includes this
+                // batch), then show the batch; members also get a resync into the new epoch.
+                self.reseed().await;
+                if !self.failed {
+                    self.publish(staged);
+                }
+            }
             Err(e) => {
                 // Fenced, or the outcome is unknown: nothing of the batch was shown to anyone.
                 // The room stops; whoever owns it next restores the durable truth from the
@@ -944,6 +955,7 @@ impl Room {
                 self.epoch = claim.epoch;
                 self.fenced = claim.fenced;
                 self.lost = claim.lost;
+                self.tokens_changed = true;
                 self.snapshot_seq = Some(self.seq);
                 self.snapshot_at = Instant::now();
                 // Deltas of the old epoch cannot serve resumes in the new one.
@@ -1001,6 +1013,7 @@ impl Room {
                 self.snapshot_seq = Some(self.seq);
                 self.snapshot_at = Instant::now();
             }
+            Err(BackplaneError::Lost) => self.reseed().await,
             Err(BackplaneError::Unavailable(e)) if self.snapshot_seq.is_some() => {
                 // Retried at the next opportunity; the log still holds everything.
                 tracing::warn!(room = %self.id, error = %e, "snapshot failed");

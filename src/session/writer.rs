@@ -73,7 +73,8 @@ pub async fn run(
         })
         .await;
     }
-    let _ = sink.close().await;
+    // A peer that never answers the close handshake must not hold the task (and the drain).
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, sink.close()).await;
 }
 
 /// Writes `first` and whatever else is queued (up to a batch), then flushes once.

@@ -1,4 +1,5 @@
-//! Support code for the real-process cluster tests (`tests/cluster.rs`).
+//! Support code for the real-process cluster tests (`tests/cluster.rs`,
+//! `tests/cluster_faults.rs`).
 //!
 //! - [`cluster`]: Redis, gamerelay nodes, HAProxy and a controllable TCP proxy as child
 //!   processes / tasks, cleaned up on drop.

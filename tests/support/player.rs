@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,6 +136,31 @@ enum Applied {
     Break,
 }
 
+/// One `joined` this player got (first join or resume).
+#[derive(Debug, Clone)]
+pub struct JoinRecord {
+    /// `welcome.node` of the connection.
+    pub node: String,
+    /// Whether it was a resume (`joined.resumed`).
+    pub resumed: bool,
+    /// The mirror's `(epoch, seq)` when the join was sent (what a resume claimed).
+    pub from: (u64, u64),
+    /// The snapshot's `(epoch, seq)` if the join came with one (`None`: served with deltas).
+    pub snapshot: Option<(u64, u64)>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// How a joined connection of this player ended.
+#[derive(Debug, Clone)]
+pub struct Close {
+    pub code: u16,
+    pub reason: String,
+    /// The node that served the connection.
+    pub node: String,
+    pub at: Instant,
+}
+
 struct Pending {
     ops: Vec<Op>,
     /// Re-send at this time (after a retryable reject).
@@ -173,11 +198,26 @@ pub struct Player {
     pub last_resume_with_deltas: bool,
     /// `welcome.node` of every connection, in order.
     pub nodes_served_by: Vec<String>,
+    /// Every `joined` (first join and resumes), in order.
+    pub joins: Vec<JoinRecord>,
+    /// Every close frame (or abrupt end: 1006) of a connection after its join.
+    pub closes: Vec<Close>,
+    /// Every delta applied to the mirror, by `(epoch, seq)` (checked against the durable log).
+    pub deltas: BTreeMap<(u64, u64), Delta>,
+    /// Every explicit `ack` frame received: `(cid, seq)`, in order.
+    pub acks: Vec<(u64, u64)>,
+    /// When each batch was settled (acked by delta or `ack`).
+    pub acked_at: BTreeMap<u64, Instant>,
     /// Treat a connection on which nothing arrived for this long as dead (a `ping` goes out
     /// at half of it). Default 5 s.
     pub silence: Duration,
     /// How long a reconnect may try (over all URLs) before the test fails. Default 30 s.
     pub reconnect_timeout: Duration,
+    /// On `session_expired` at a resume, join afresh as a new player instead of failing the
+    /// test (for rooms that may legitimately have forgotten their players). Default false.
+    pub rejoin_when_expired: bool,
+    /// Sessions that expired and were replaced by a fresh join: (old player id, when).
+    pub expired: Vec<(String, Instant)>,
     last_rx: Instant,
     ping_out: bool,
     ping_id: u64,
@@ -211,8 +251,15 @@ impl Player {
             last_joined_cid: 0,
             last_resume_with_deltas: false,
             nodes_served_by: Vec::new(),
+            joins: Vec::new(),
+            closes: Vec::new(),
+            deltas: BTreeMap::new(),
+            acks: Vec::new(),
+            acked_at: BTreeMap::new(),
             silence: Duration::from_secs(5),
             reconnect_timeout: Duration::from_secs(30),
+            rejoin_when_expired: false,
+            expired: Vec::new(),
             last_rx: Instant::now(),
             ping_out: false,
             ping_id: 0,
@@ -258,6 +305,11 @@ impl Player {
     /// The node that serves the current connection.
     pub fn node(&self) -> &str {
         self.nodes_served_by.last().map_or("", String::as_str)
+    }
+
+    /// The session token (to resume this player from another connection).
+    pub fn session(&self) -> &str {
+        &self.session
     }
 
     /// One line about what happened to this player (for `--nocapture` runs).
@@ -343,7 +395,17 @@ impl Player {
                 Recv::Msg(ServerMsg::Welcome { node: n, .. }) => node = n,
                 Recv::Msg(ServerMsg::Error { code, message }) => {
                     if code == ErrorCode::SessionExpired.as_str() {
-                        self.fail(&format!("resume refused with session_expired at {url} (G5): {message}"));
+                        if !self.rejoin_when_expired {
+                            self.fail(&format!(
+                                "resume refused with session_expired at {url} (G5): {message}"
+                            ));
+                        }
+                        // The room forgot this player: join afresh as a new one (pending
+                        // batches are re-sent under the new identity, with their cids).
+                        self.note(format!("session expired at {url}: {message}; joining afresh"));
+                        self.expired.push((self.player_id.clone(), Instant::now()));
+                        self.session.clear();
+                        return Err(format!("session expired: {message}"));
                     }
                     let retryable = ErrorCode::parse(&code).is_some_and(ErrorCode::is_retryable);
                     if retryable {
@@ -361,10 +423,18 @@ impl Player {
                     } else {
                         self.player_id = player;
                         self.session = session;
-                        self.next_cid = cid + 1;
+                        // (After a session expired, cids keep growing: markers stay unique.)
+                        self.next_cid = self.next_cid.max(cid + 1);
                     }
                     self.last_joined_cid = cid;
                     self.last_resume_with_deltas = snapshot.is_none();
+                    self.joins.push(JoinRecord {
+                        node: node.clone(),
+                        resumed,
+                        from: (self.mirror.epoch, self.mirror.seq),
+                        snapshot: snapshot.as_ref().map(|s| (s.epoch, s.seq)),
+                        at: Instant::now(),
+                    });
                     match &snapshot {
                         Some(s) => {
                             self.mirror = Mirror::from_snapshot(s);
@@ -459,6 +529,39 @@ impl Player {
         }
     }
 
+    /// Sends an op batch with a cid of the test's choosing without tracking it (e.g. a retry
+    /// of a batch that is already settled: its answer is checked against the first ack).
+    pub async fn send_untracked(&mut self, cid: u64, ops: Vec<Op>) {
+        self.note(format!("sending cid {cid} untracked"));
+        self.transmit(cid, ops).await;
+    }
+
+    /// Handles what arrives (without reconnecting) until the server closes the connection;
+    /// its `(code, reason)`. Fails the test if nothing closes it within `timeout`.
+    pub async fn until_closed(&mut self, timeout: Duration) -> (u16, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(w) = self.wire.as_mut() else { self.fail("until_closed: not connected") };
+            match w.recv(deadline).await {
+                Recv::Msg(m) => {
+                    self.last_rx = Instant::now();
+                    self.handle(m).await;
+                    if self.wire.is_none() {
+                        self.fail("until_closed: the connection was dropped by the player itself");
+                    }
+                }
+                Recv::Closed { code, reason } => {
+                    self.note(format!("connection closed: {code} {reason}"));
+                    let node = self.node().to_owned();
+                    self.closes.push(Close { code, reason: reason.clone(), node, at: Instant::now() });
+                    self.wire = None;
+                    return (code, reason);
+                }
+                Recv::TimedOut => self.fail(&format!("the connection was not closed within {timeout:?}")),
+            }
+        }
+    }
+
     /// Lets the session go: no leave, no resume (the server keeps it for its grace).
     pub fn abandon(mut self) {
         self.drop_connection();
@@ -499,6 +602,7 @@ impl Player {
             if let Some(old) = self.acked.insert(cid, seq) {
                 self.fail(&format!("cid {cid} acked twice (seq {old} and {seq})"));
             }
+            self.acked_at.insert(cid, Instant::now());
             self.progress.fetch_add(1, Ordering::SeqCst);
         } else if self.rejected.contains_key(&cid) {
             self.fail(&format!("cid {cid} was rejected, yet {how} says it was applied at seq {seq}"));
@@ -526,6 +630,7 @@ impl Player {
             }
         }
         m.seq = d.seq;
+        self.deltas.insert((d.epoch, d.seq), d.clone());
         Applied::Yes
     }
 
@@ -551,6 +656,7 @@ impl Player {
             }
             ServerMsg::Ack { cid, seq } => {
                 self.note(format!("ack cid {cid} seq {seq}"));
+                self.acks.push((cid, seq));
                 self.settle(cid, seq, "ack");
             }
             ServerMsg::Reject { cid, code, message } => {
@@ -629,6 +735,8 @@ impl Player {
             }
             Recv::Closed { code, reason } => {
                 self.note(format!("connection closed: {code} {reason}"));
+                let node = self.node().to_owned();
+                self.closes.push(Close { code, reason: reason.clone(), node, at: Instant::now() });
                 self.wire = None;
                 if !protocol::should_reconnect(code) {
                     self.fail(&format!("closed with {code} {reason}, which means do not reconnect"));
@@ -692,6 +800,104 @@ impl Player {
             }
             self.step(deadline).await;
         }
+    }
+}
+
+impl Player {
+    /// The cid the next [`send`](Player::send) will use.
+    pub fn next_cid(&self) -> u64 {
+        self.next_cid
+    }
+
+    /// Sends batches made by `make(cid)` (at most one per `pace`, at most `window`
+    /// unsettled) until `stop` is set, then waits until every batch is settled. Returns how
+    /// many were sent. Fails the test if the whole run exceeds `timeout`.
+    pub async fn stream_until(
+        &mut self,
+        stop: &AtomicBool,
+        window: usize,
+        pace: Duration,
+        timeout: Duration,
+        mut make: impl FnMut(u64) -> Vec<Op>,
+    ) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut sent = 0;
+        let mut next_send = Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::SeqCst);
+            if stopping && self.pending.is_empty() {
+                return sent;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.fail(&format!("stream_until: {sent} sent, not settled after {timeout:?}"));
+            }
+            if !stopping && now >= next_send && self.pending.len() < window && self.wire.is_some() {
+                let ops = make(self.next_cid);
+                self.send(ops).await;
+                sent += 1;
+                next_send = now + pace;
+                continue;
+            }
+            let mut until = (now + Duration::from_millis(50)).min(deadline);
+            if !stopping && self.pending.len() < window {
+                until = until.min(next_send.max(now));
+            }
+            self.step(until).await;
+        }
+    }
+
+    /// A second connection for this player's session: connects to `url` and resumes it
+    /// (from this player's `(epoch, seq)`), as a client that moved to another device would.
+    /// The new player starts with this one's identity, mirror and cids; this one is untouched.
+    pub async fn resume_elsewhere(&self, name: &str, url: &str) -> Player {
+        let mut p = Player {
+            name: name.to_owned(),
+            urls: vec![url.to_owned()],
+            url_idx: 0,
+            room: self.room.clone(),
+            room_type: self.room_type.clone(),
+            wire: None,
+            player_id: self.player_id.clone(),
+            session: self.session.clone(),
+            mirror: self.mirror.clone(),
+            next_cid: self.next_cid,
+            pending: BTreeMap::new(),
+            acked: self.acked.clone(),
+            rejected: BTreeMap::new(),
+            reconnects: 0,
+            history_breaks: 0,
+            snapshots: 0,
+            last_joined_cid: 0,
+            last_resume_with_deltas: false,
+            nodes_served_by: Vec::new(),
+            joins: Vec::new(),
+            closes: Vec::new(),
+            deltas: BTreeMap::new(),
+            acks: Vec::new(),
+            acked_at: BTreeMap::new(),
+            silence: self.silence,
+            reconnect_timeout: self.reconnect_timeout,
+            rejoin_when_expired: false,
+            expired: Vec::new(),
+            last_rx: Instant::now(),
+            ping_out: false,
+            ping_id: 0,
+            progress: Arc::new(AtomicU64::new(0)),
+            trace: VecDeque::new(),
+            started: Instant::now(),
+        };
+        let deadline = Instant::now() + JOIN_TIMEOUT;
+        let mut backoff = Duration::from_millis(50);
+        while let Err(e) = p.try_join(0).await {
+            p.note(format!("resume at {url} failed: {e}"));
+            if Instant::now() >= deadline {
+                p.fail(&format!("resume of {}'s session at {url} failed: {e}", self.name));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+        p
     }
 }
 
