@@ -136,6 +136,8 @@ pub struct CpuFigures {
     /// CPU seconds the servers used together (`None` without server pids, or when one of
     /// them could not be read: a partial sum would look like a figure).
     pub server_cpu_s: Option<f64>,
+    /// CPU seconds of each server process, in the order given.
+    pub server_cpu_s_by_pid: Vec<(u32, f64)>,
     /// Servers that could not be read, with why.
     pub unreadable: Vec<String>,
     /// CPU seconds the whole machine was busy with anything but the generator and the
@@ -161,9 +163,13 @@ impl CpuWindow {
         let generator_cpu_s = cpu_seconds(Pid::Me).unwrap_or(0.0) - self.me;
         let mut unreadable = Vec::new();
         let mut sum = 0.0;
+        let mut by_pid = Vec::new();
         for &(pid, before) in &self.servers {
             match (before, cpu_seconds(Pid::Other(pid))) {
-                (Some(b), Ok(a)) => sum += a - b,
+                (Some(b), Ok(a)) => {
+                    sum += a - b;
+                    by_pid.push((pid, a - b));
+                }
                 (_, Err(e)) => unreadable.push(format!("server pid {pid}: {e}")),
                 (None, Ok(_)) => unreadable.push(format!("server pid {pid}: unreadable at start")),
             }
@@ -181,6 +187,7 @@ impl CpuWindow {
             wall_s,
             generator_cpu_s,
             server_cpu_s,
+            server_cpu_s_by_pid: by_pid,
             unreadable,
             other_cpu_s,
             steal_s: system.map(|(_, steal)| steal),

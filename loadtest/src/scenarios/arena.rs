@@ -112,6 +112,8 @@ struct ArenaFigures {
     server_cpu_s: Option<f64>,
     server_cpu_pct: Option<f64>,
     server_cpu_s_per_million_deliveries: Option<f64>,
+    /// Per server process (cluster runs: each node, Redis, HAProxy): CPU-s per 1 M deliveries.
+    server_cpu_s_per_million_deliveries_by_pid: Vec<PidFigure>,
     server_rss_mib: Option<f64>,
     /// Server RSS before our connections were opened.
     server_rss_baseline_mib: Option<f64>,
@@ -120,6 +122,14 @@ struct ArenaFigures {
     nofile_soft: u64,
     nofile_hard: u64,
     source_addrs: usize,
+}
+
+/// One server process's share of the CPU.
+#[derive(Debug, Clone, Serialize)]
+struct PidFigure {
+    pid: u32,
+    cpu_s: f64,
+    cpu_s_per_million_deliveries: Option<f64>,
 }
 
 /// What one connection measured.
@@ -372,6 +382,16 @@ pub async fn run(common: &Common, args: &ArenaArgs, nofile: NofileLimit) -> Resu
         server_cpu_s: cpu.server_cpu_s.map(|v| round(v, 2)),
         server_cpu_pct: server_cpu_pct.map(|v| round(v, 1)),
         server_cpu_s_per_million_deliveries: per_million.map(|v| round(v, 2)),
+        server_cpu_s_per_million_deliveries_by_pid: cpu
+            .server_cpu_s_by_pid
+            .iter()
+            .map(|&(pid, s)| PidFigure {
+                pid,
+                cpu_s: round(s, 2),
+                cpu_s_per_million_deliveries: (deliveries_per_sec > 0.0)
+                    .then(|| round(s / cpu.wall_s / deliveries_per_sec * 1e6, 2)),
+            })
+            .collect(),
         server_rss_mib: rss_end.map(|k| round(k as f64 / 1024.0, 1)),
         server_rss_baseline_mib: rss_baseline.map(|k| round(k as f64 / 1024.0, 1)),
         rss_per_connection_kib: rss_per_conn.map(|v| round(v, 1)),
