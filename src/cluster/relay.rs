@@ -215,32 +215,34 @@ impl Relay {
             None => false,
         };
         if empty {
+            // Removal and unsubscription under the sink's lock, like subscription in
+            // `follow`, so a follow created meanwhile is never left unsubscribed.
+            let mut sink = self.inner.sink.lock().await;
             let removed =
                 self.inner.follows.remove_if(room, |_, f| f.conns.lock().map_or(true, |c| c.is_empty()));
             if removed.is_some() {
-                let _ = self.inner.sink.lock().await.unsubscribe(self.inner.keys.channel(room)).await;
+                let _ = sink.unsubscribe(self.inner.keys.channel(room)).await;
             }
         }
     }
 
     /// The follow of `room`, subscribing first if it is new.
     async fn follow(&self, room: &str, owner: &str) -> Result<Arc<Follow>, Refusal> {
+        // Under the sink's lock: a follow is in the map only once its subscription is
+        // confirmed, so a second join never forwards before frames can arrive.
+        let mut sink = self.inner.sink.lock().await;
         if let Some(f) = self.inner.follows.get(room) {
             if &*f.owner == owner {
                 return Ok(f.clone());
             }
         }
+        sink.subscribe(self.inner.keys.channel(room))
+            .await
+            .map_err(|e| unavailable(format!("cannot subscribe: {e}")))?;
         let follow = Arc::new(Follow { owner: Arc::from(owner), conns: Mutex::new(HashMap::new()) });
         if let Some(old) = self.inner.follows.insert(room.to_owned(), follow.clone()) {
             close_all(&old, CloseCode::RoomMoved, "the room moved to another node");
         }
-        self.inner
-            .sink
-            .lock()
-            .await
-            .subscribe(self.inner.keys.channel(room))
-            .await
-            .map_err(|e| unavailable(format!("cannot subscribe: {e}")))?;
         Ok(follow)
     }
 
@@ -477,11 +479,11 @@ impl Relay {
                 };
                 if moved {
                     failures.remove(&room);
+                    let mut sink = self.inner.sink.lock().await;
                     let removed = self.inner.follows.remove_if(&room, |_, f| Arc::ptr_eq(f, &follow));
                     if removed.is_some() {
                         close_all(&follow, CloseCode::RoomMoved, "the room's owner changed");
-                        let _ =
-                            self.inner.sink.lock().await.unsubscribe(self.inner.keys.channel(&room)).await;
+                        let _ = sink.unsubscribe(self.inner.keys.channel(&room)).await;
                     }
                     continue;
                 }
