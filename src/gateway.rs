@@ -77,5 +77,5 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics_text() -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], telemetry::prometheus().render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], telemetry::render()).into_response()
 }

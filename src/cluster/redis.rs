@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use metrics::{counter, histogram};
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::Script;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,7 @@ use crate::backplane::{
     Backplane, BackplaneError, Claim, CommitBatch, LogEntry, PlayerRecord, RoomSnapshot, SNAPSHOT_FORMAT,
 };
 use crate::protocol::{apply_resolved, decode_server, ServerMsg};
+use crate::telemetry::names;
 
 const CLAIM: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -202,10 +204,12 @@ impl RedisBackplane {
         &self.keys
     }
 
-    /// Fences `room` locally: its room stops acting as owner.
-    fn fence(&self, room: &str, why: &str) {
+    /// Fences `room` locally: its room stops acting as owner. `op` is the label of
+    /// `names::FENCING_REJECTIONS`.
+    fn fence(&self, room: &str, op: &'static str, why: &str) {
         if let Some((_, owned)) = self.owned.remove(room) {
-            tracing::warn!(room, why, "fenced: this node stops owning the room");
+            counter!(names::FENCING_REJECTIONS, "op" => op).increment(1);
+            tracing::warn!(room, op, why, "fenced: this node stops owning the room");
             owned.fenced.cancel();
         }
     }
@@ -222,6 +226,7 @@ impl RedisBackplane {
             let (lease, epoch_key) = (self.keys.lease(room), self.keys.epoch(room));
             let script = &self.scripts.renew;
             async move {
+                let sent = Instant::now();
                 let r: redis::RedisResult<i64> = script
                     .key(lease)
                     .key(epoch_key)
@@ -230,6 +235,7 @@ impl RedisBackplane {
                     .arg(ttl.as_millis() as u64)
                     .invoke_async(&mut conn)
                     .await;
+                histogram!(names::REDIS_SECONDS, "op" => "renew").record(sent.elapsed().as_secs_f64());
                 r
             }
         });
@@ -251,13 +257,21 @@ impl RedisBackplane {
                         owned.lost.cancel();
                     }
                 }
-                Ok(_) => self.fence(room, "lease or epoch taken by another node"),
-                Err(e) => tracing::debug!(room, error = %e, "lease renewal failed"),
+                Ok(_) => self.fence(room, "renew", "lease or epoch taken by another node"),
+                Err(e) => {
+                    counter!(names::REDIS_ERRORS, "op" => "renew").increment(1);
+                    tracing::debug!(room, error = %e, "lease renewal failed")
+                }
             }
         }
         if rooms.is_empty() {
             let mut conn = self.lease_conn.clone();
+            let sent = Instant::now();
             any_ok = redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok();
+            histogram!(names::REDIS_SECONDS, "op" => "ping").record(sent.elapsed().as_secs_f64());
+            if !any_ok {
+                counter!(names::REDIS_ERRORS, "op" => "ping").increment(1);
+            }
         }
         if any_ok {
             self.last_ok_ms.store(unix_ms(), Ordering::Relaxed);
@@ -271,7 +285,7 @@ impl RedisBackplane {
             .map(|e| e.key().clone())
             .collect();
         for room in stale {
-            self.fence(&room, "lease not renewed in time");
+            self.fence(&room, "renew_timeout", "lease not renewed in time");
         }
     }
 
@@ -403,7 +417,7 @@ impl Backplane for RedisBackplane {
     async fn claim(&self, room: &str, _room_type: &str) -> Result<Claim, BackplaneError> {
         let started = Instant::now();
         let mut conn = self.conn.clone();
-        let (won, value): (i64, String) = self
+        let claimed: redis::RedisResult<(i64, String)> = self
             .scripts
             .claim
             .key(self.keys.lease(room))
@@ -412,7 +426,10 @@ impl Backplane for RedisBackplane {
             .arg(self.settings.lease_ttl.as_millis() as u64)
             .arg(unix_ms())
             .invoke_async(&mut conn)
-            .await
+            .await;
+        histogram!(names::REDIS_SECONDS, "op" => "claim").record(started.elapsed().as_secs_f64());
+        let (won, value) = claimed
+            .inspect_err(|_| counter!(names::REDIS_ERRORS, "op" => "claim").increment(1))
             .map_err(unavailable)?;
         if won != 1 {
             return Err(BackplaneError::OwnedElsewhere(value));
@@ -467,8 +484,10 @@ impl Backplane for RedisBackplane {
                 LogEntry::Left { after, player } => invocation.arg(format!("{after}-*")).arg("l").arg(player),
             };
         }
+        let sent = Instant::now();
         let mut result = invocation.invoke_async::<String>(&mut conn).await.map_err(script_error);
         if let Err(BackplaneError::Unavailable(first)) = &result {
+            counter!(names::REDIS_ERRORS, "op" => "commit").increment(1);
             // The outcome is unknown (a timeout, or the first command on a connection that
             // broke while idle). Try once more: the script is fenced on the head, so a batch
             // that did land is refused with `FENCED head <our head>`, which means it is in.
@@ -478,11 +497,15 @@ impl Backplane for RedisBackplane {
                 Err(BackplaneError::Fenced(why)) if fenced_head(&why) == Some(head) => Ok(String::new()),
                 other => other,
             };
+            if matches!(result, Err(BackplaneError::Unavailable(_))) {
+                counter!(names::REDIS_ERRORS, "op" => "commit").increment(1);
+            }
         }
+        histogram!(names::REDIS_SECONDS, "op" => "commit").record(sent.elapsed().as_secs_f64());
         match result {
             Ok(_) => Ok(()),
             Err(BackplaneError::Fenced(why)) => {
-                self.fence(room, &why);
+                self.fence(room, "commit", &why);
                 Err(BackplaneError::Fenced(why))
             }
             Err(e) => Err(e),
@@ -493,6 +516,7 @@ impl Backplane for RedisBackplane {
         let blob = rmp_serde::to_vec_named(snapshot).map_err(|e| BackplaneError::Corrupt(e.to_string()))?;
         let trim_below = snapshot.seq.saturating_sub(self.settings.keep_below_snapshot).max(1);
         let mut conn = self.conn.clone();
+        let sent = Instant::now();
         let result: redis::RedisResult<i64> = self
             .scripts
             .snapshot
@@ -508,11 +532,16 @@ impl Backplane for RedisBackplane {
             .arg(trim_below.to_string())
             .invoke_async(&mut conn)
             .await;
+        histogram!(names::REDIS_SECONDS, "op" => "snapshot").record(sent.elapsed().as_secs_f64());
         match result.map_err(script_error) {
             Ok(_) => Ok(()),
             Err(BackplaneError::Fenced(why)) => {
-                self.fence(room, &why);
+                self.fence(room, "snapshot", &why);
                 Err(BackplaneError::Fenced(why))
+            }
+            Err(e @ BackplaneError::Unavailable(_)) => {
+                counter!(names::REDIS_ERRORS, "op" => "snapshot").increment(1);
+                Err(e)
             }
             Err(e) => Err(e),
         }
@@ -540,15 +569,20 @@ impl Backplane for RedisBackplane {
             .arg(blob);
         // Re-seeding follows a Redis restart: the first command on an idle connection may
         // meet the broken socket. The script only takes a free or own lease: safe to retry.
+        let sent = Instant::now();
         let mut outcome = invocation.invoke_async::<(i64, String)>(&mut conn).await;
         for _ in 0..3 {
             if outcome.is_ok() {
                 break;
             }
+            counter!(names::REDIS_ERRORS, "op" => "reseed").increment(1);
             tokio::time::sleep(RETRY_PAUSE).await;
             outcome = invocation.invoke_async::<(i64, String)>(&mut conn).await;
         }
-        let (won, value) = outcome.map_err(unavailable)?;
+        histogram!(names::REDIS_SECONDS, "op" => "reseed").record(sent.elapsed().as_secs_f64());
+        let (won, value) = outcome
+            .inspect_err(|_| counter!(names::REDIS_ERRORS, "op" => "reseed").increment(1))
+            .map_err(unavailable)?;
         if won != 1 {
             return Err(BackplaneError::OwnedElsewhere(value));
         }
@@ -564,7 +598,8 @@ impl Backplane for RedisBackplane {
     async fn release(&self, room: &str, _epoch: u64, dispose: bool) -> Result<(), BackplaneError> {
         self.owned.remove(room);
         let mut conn = self.conn.clone();
-        let _: i64 = self
+        let sent = Instant::now();
+        let released: redis::RedisResult<i64> = self
             .scripts
             .release
             .key(self.keys.lease(room))
@@ -576,7 +611,10 @@ impl Backplane for RedisBackplane {
             .arg(&*self.incarnation)
             .arg(if dispose { self.settings.room_key_ttl.as_millis() as u64 } else { 0 })
             .invoke_async(&mut conn)
-            .await
+            .await;
+        histogram!(names::REDIS_SECONDS, "op" => "release").record(sent.elapsed().as_secs_f64());
+        released
+            .inspect_err(|_| counter!(names::REDIS_ERRORS, "op" => "release").increment(1))
             .map_err(unavailable)?;
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! - **Follows**: for every room owned elsewhere that has players connected here, the node
 //!   subscribes to the room's channel *before* forwarding the first join, and relays the
 //!   owner's frames ([`RoomWire`]) to its local connections in the order they were published.
-//!   It checks every third of the lease TTL that the owner still holds the lease; when the
+//!   It checks every sixth of the lease TTL that the owner still holds the lease; when the
 //!   owner changed or vanished, or the subscription broke, it closes those connections with
 //!   4103 `room_moved`: clients reconnect, resume, and land on the new owner (they get a
 //!   snapshot: the epoch changed). A follower keeps no room state.
@@ -452,10 +452,12 @@ impl Relay {
         }
     }
 
-    /// Every third of the lease TTL: keepalives to owners, and a check that each followed
+    /// Every sixth of the lease TTL: keepalives to owners, and a check that each followed
     /// room's owner still holds the lease.
     async fn watch(self, shutdown: CancellationToken) {
-        let period = self.inner.lease_ttl / 3;
+        // Polled at a sixth of the lease: a dead owner's room is noticed at most ttl/6 after
+        // its lease expired (keepalives ride along; the owner waits 3 x ttl before giving up).
+        let period = self.inner.lease_ttl / 6;
         let mut failures: HashMap<String, u32> = HashMap::new();
         loop {
             tokio::select! {
@@ -474,7 +476,7 @@ impl Relay {
                     Err(_) => {
                         let n = failures.entry(room.clone()).or_insert(0);
                         *n += 1;
-                        *n >= 3
+                        *n >= 6
                     }
                 };
                 if moved {

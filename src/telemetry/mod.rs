@@ -1,4 +1,5 @@
-//! Logs and metrics: the tracing subscriber, the process-wide Prometheus recorder, and the
+//! Logs and metrics: the tracing subscriber, the process-wide Prometheus recorder, the
+//! process collector (`process_*`, refreshed at each scrape by [`render`]), and the
 //! pre-registered metric handles used on hot paths. Metric names live in [`names`].
 
 pub mod names;
@@ -45,8 +46,66 @@ pub fn prometheus() -> &'static PrometheusHandle {
         // our handle renders an empty page rather than taking the process down.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        process_collector().describe();
+        register_at_zero();
         handle
     })
+}
+
+/// The `process_*` collector (CPU, memory, file descriptors, threads).
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// The Prometheus text of `GET /metrics`: refreshes the `process_*` metrics, then renders
+/// every metric.
+pub fn render() -> String {
+    let handle = prometheus();
+    process_collector().collect();
+    handle.render()
+}
+
+/// Registers the gauges and the counters of rare events at zero, with every bounded label
+/// value known in advance, so a fresh node exports their series (dashboards and alerts see
+/// 0 rather than nothing, and `rate()` sees the first increment).
+fn register_at_zero() {
+    use metrics::{counter, gauge};
+    use names::*;
+    for name in [CONNECTIONS, ROOMS, PLAYERS] {
+        gauge!(name).increment(0.0);
+    }
+    for name in [
+        CONNECTIONS_OPENED,
+        CONNECTIONS_REFUSED,
+        OPS_ACCEPTED,
+        OPS_DUPLICATE,
+        DELTAS,
+        DELIVERIES,
+        SESSIONS_EXPIRED,
+        SESSIONS_REPLACED,
+        OUTBOX_DROPPED,
+        RESYNCS,
+        SLOW_CONSUMERS,
+        HANDOFFS,
+    ] {
+        counter!(name).increment(0);
+    }
+    for code in crate::protocol::ErrorCode::ALL {
+        counter!(OPS_REJECTED, "code" => code.as_str()).increment(0);
+    }
+    for outcome in ["new", "resumed_deltas", "resumed_snapshot", "refused"] {
+        counter!(JOINS, "outcome" => outcome).increment(0);
+    }
+    for outcome in ["new", "restored"] {
+        counter!(CLAIMS, "outcome" => outcome).increment(0);
+    }
+    for op in REDIS_OPS {
+        counter!(REDIS_ERRORS, "op" => *op).increment(0);
+    }
+    for op in FENCING_OPS {
+        counter!(FENCING_REJECTIONS, "op" => *op).increment(0);
+    }
 }
 
 fn describe() {
@@ -79,6 +138,12 @@ fn describe() {
     describe_counter!(RESYNCS, "Resync snapshots sent to lagging members");
     describe_counter!(SLOW_CONSUMERS, "Members closed after lagging past the slow-consumer timeout");
     describe_counter!(BAD_FRAMES, "Malformed frames, by error code");
+    describe_histogram!(SNAPSHOT_SECONDS, Unit::Seconds, "Writing one room snapshot to the backplane");
+    describe_counter!(CLAIMS, "Rooms claimed by this node, by outcome");
+    describe_counter!(HANDOFFS, "Rooms this node stopped owning because it was fenced or a commit failed");
+    describe_histogram!(REDIS_SECONDS, Unit::Seconds, "One Redis round trip of the backplane, by op");
+    describe_counter!(REDIS_ERRORS, "Failed Redis round trips of the backplane, by op");
+    describe_counter!(FENCING_REJECTIONS, "Times this node was fenced off a room it owned, by op");
     describe_gauge!(BUILD_INFO, "Build information");
 }
 
@@ -113,5 +178,47 @@ impl HotMetrics {
 impl Default for HotMetrics {
     fn default() -> Self {
         HotMetrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn render_has_process_metrics_and_rare_counters_at_zero() {
+        let text = super::render();
+        for name in [
+            names::PROCESS_CPU_SECONDS,
+            names::PROCESS_RESIDENT_MEMORY,
+            names::PROCESS_OPEN_FDS,
+            names::PROCESS_MAX_FDS,
+            names::PROCESS_START_TIME,
+            names::PROCESS_THREADS,
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} is not rendered:\n{text}");
+        }
+        for op in names::REDIS_OPS {
+            let series = format!("{}{{op=\"{op}\"}}", names::REDIS_ERRORS);
+            assert!(text.contains(&series), "{series} is not rendered:\n{text}");
+        }
+        for op in names::FENCING_OPS {
+            let series = format!("{}{{op=\"{op}\"}}", names::FENCING_REJECTIONS);
+            assert!(text.contains(&series), "{series} is not rendered:\n{text}");
+        }
+        for name in [names::HANDOFFS, names::SLOW_CONSUMERS, names::RESYNCS] {
+            assert!(text.contains(&format!("# TYPE {name} counter")), "{name} is not rendered:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_rendered_metric_is_a_named_constant() {
+        // Rendered families (histograms as their base name) must all be in `names::ALL`, so
+        // nothing reaches /metrics undocumented.
+        let text = super::render();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let family = line.split_whitespace().nth(2).unwrap_or_default();
+            assert!(names::ALL.contains(&family), "{family} is rendered but not in names::ALL");
+        }
     }
 }

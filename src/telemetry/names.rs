@@ -62,8 +62,46 @@ pub const SNAPSHOT_SECONDS: &str = "gamerelay_snapshot_duration_seconds";
 pub const CLAIMS: &str = "gamerelay_room_claims_total";
 /// Counter: rooms this node stopped owning because it was fenced or a commit failed.
 pub const HANDOFFS: &str = "gamerelay_room_handoffs_total";
+/// Histogram (seconds): one Redis round trip of the backplane (a script or command), by `op`
+/// (one of [`REDIS_OPS`]), whatever its outcome (fencing refusals and failures included).
+pub const REDIS_SECONDS: &str = "gamerelay_redis_op_duration_seconds";
+/// Counter: Redis round trips of the backplane that failed (unreachable, timed out, or an
+/// error other than a fencing refusal), by `op` (one of [`REDIS_OPS`]). Every failed attempt
+/// counts, also one that a retry then recovered.
+pub const REDIS_ERRORS: &str = "gamerelay_redis_errors_total";
+/// Counter: times this node was fenced off a room it owned, by `op` (one of
+/// [`FENCING_OPS`]): `commit`/`snapshot` when Redis refused a write (lease, epoch or head no
+/// longer ours), `renew` when a renewal found the lease or epoch taken, `renew_timeout` when
+/// the lease could not be renewed within two thirds of its TTL (fenced locally, before it can
+/// expire in Redis).
+pub const FENCING_REJECTIONS: &str = "gamerelay_fencing_rejections_total";
 /// Gauge: 1, with labels `version` and `node`.
 pub const BUILD_INFO: &str = "gamerelay_build_info";
+
+/// Counter (seconds, from the `metrics-process` collector, refreshed at each scrape): user
+/// and system CPU time of the process, in whole seconds.
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+/// Gauge (bytes, `metrics-process`): resident memory (RSS).
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+/// Gauge (bytes, `metrics-process`): virtual memory size.
+pub const PROCESS_VIRTUAL_MEMORY: &str = "process_virtual_memory_bytes";
+/// Gauge (bytes, `metrics-process`): the address-space limit (`RLIMIT_AS`).
+pub const PROCESS_VIRTUAL_MEMORY_MAX: &str = "process_virtual_memory_max_bytes";
+/// Gauge (`metrics-process`): open file descriptors (sockets included).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// Gauge (`metrics-process`): the file descriptor limit (`RLIMIT_NOFILE`).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// Gauge (seconds, `metrics-process`): process start time, Unix seconds.
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+/// Gauge (`metrics-process`): OS threads of the process.
+pub const PROCESS_THREADS: &str = "process_threads";
+
+/// The `op` label values of [`REDIS_SECONDS`] and [`REDIS_ERRORS`]: the backplane's scripts
+/// (`claim`, `commit`, `snapshot`, `renew`, `release`, `reseed`) and the renewer's `ping`
+/// while the node owns no room.
+pub const REDIS_OPS: &[&str] = &["claim", "commit", "snapshot", "renew", "release", "reseed", "ping"];
+/// The `op` label values of [`FENCING_REJECTIONS`].
+pub const FENCING_OPS: &[&str] = &["commit", "snapshot", "renew", "renew_timeout"];
 
 /// Every metric name above, for documentation checks.
 pub const ALL: &[&str] = &[
@@ -97,7 +135,18 @@ pub const ALL: &[&str] = &[
     SNAPSHOT_SECONDS,
     CLAIMS,
     HANDOFFS,
+    REDIS_SECONDS,
+    REDIS_ERRORS,
+    FENCING_REJECTIONS,
     BUILD_INFO,
+    PROCESS_CPU_SECONDS,
+    PROCESS_RESIDENT_MEMORY,
+    PROCESS_VIRTUAL_MEMORY,
+    PROCESS_VIRTUAL_MEMORY_MAX,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_START_TIME,
+    PROCESS_THREADS,
 ];
 
 #[cfg(test)]
@@ -107,6 +156,26 @@ mod tests {
         let doc = include_str!("../../docs/METRICS.md");
         for name in super::ALL {
             assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/METRICS.md");
+        }
+        for op in super::REDIS_OPS.iter().chain(super::FENCING_OPS) {
+            assert!(doc.contains(&format!("`{op}`")), "op {op} is missing from docs/METRICS.md");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_follow_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for name in super::ALL {
+            assert!(seen.insert(name), "{name} is listed twice");
+            assert!(
+                name.starts_with("gamerelay_") || name.starts_with("process_"),
+                "{name}: own metrics start with gamerelay_"
+            );
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}: lower-case snake case only"
+            );
+            assert!(!name.ends_with("_milliseconds") && !name.ends_with("_ms"), "{name}: base units only");
         }
     }
 }
