@@ -219,7 +219,11 @@ impl Session {
             Ok(msg) => msg,
             Err(e) => return self.bad_frame(ErrorCode::BadFrame, e.to_string()).await,
         };
-        counter!(names::FRAMES_IN, "kind" => kind(&msg)).increment(1);
+        match &msg {
+            ClientMsg::Ops { .. } => self.node.metrics.frames_in_ops.increment(1),
+            ClientMsg::Ping { .. } => self.node.metrics.frames_in_ping.increment(1),
+            other => counter!(names::FRAMES_IN, "kind" => kind(other)).increment(1),
+        }
         if !self.hello {
             return self.hello(msg).await;
         }

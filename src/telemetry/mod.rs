@@ -157,6 +157,9 @@ pub struct HotMetrics {
     pub deliveries: Counter,
     pub ops_accepted: Counter,
     pub fanout_seconds: Histogram,
+    /// `gamerelay_frames_received_total{kind}` for the hot kinds.
+    pub frames_in_ops: Counter,
+    pub frames_in_ping: Counter,
 }
 
 impl HotMetrics {
@@ -171,6 +174,8 @@ impl HotMetrics {
             deliveries: metrics::counter!(names::DELIVERIES),
             ops_accepted: metrics::counter!(names::OPS_ACCEPTED),
             fanout_seconds: metrics::histogram!(names::FANOUT_SECONDS),
+            frames_in_ops: metrics::counter!(names::FRAMES_IN, "kind" => "ops"),
+            frames_in_ping: metrics::counter!(names::FRAMES_IN, "kind" => "ping"),
         }
     }
 }

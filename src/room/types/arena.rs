@@ -40,6 +40,8 @@ struct Mover {
 pub struct Arena {
     rng: XorShift,
     movers: HashMap<String, Mover>,
+    /// `gems/gN/x` and `gems/gN/y`, parsed once (checked on every move).
+    gem_paths: Vec<(Path, Path)>,
 }
 
 impl Arena {
@@ -48,7 +50,12 @@ impl Arena {
         let seed = room_id
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-        Arena { rng: XorShift(seed | 1), movers: HashMap::new() }
+        let gem_paths = (0..GEMS)
+            .filter_map(|g| {
+                Some((Path::parse(&format!("gems/g{g}/x")).ok()?, Path::parse(&format!("gems/g{g}/y")).ok()?))
+            })
+            .collect();
+        Arena { rng: XorShift(seed | 1), movers: HashMap::new(), gem_paths }
     }
 
     fn random_point(&mut self) -> (f64, f64) {
@@ -97,10 +104,11 @@ impl RoomType for Arena {
     fn init(&mut self, txn: &mut Txn) -> Result<(), Refusal> {
         txn.set(&Path::parse("arena/w")?, num(SIZE)?)?;
         txn.set(&Path::parse("arena/h")?, num(SIZE)?)?;
-        for g in 0..GEMS {
+        for g in 0..self.gem_paths.len() {
             let (x, y) = self.random_point();
-            txn.set(&Path::parse(&format!("gems/g{g}/x"))?, num(x)?)?;
-            txn.set(&Path::parse(&format!("gems/g{g}/y"))?, num(y)?)?;
+            let (gx, gy) = self.gem_paths[g].clone();
+            txn.set(&gx, num(x)?)?;
+            txn.set(&gy, num(y)?)?;
         }
         Ok(())
     }
@@ -184,16 +192,20 @@ impl RoomType for Arena {
         let (x, y) = self.limit_move(player, from, to, now);
         txn.set(&px, num(x)?)?;
         txn.set(&py, num(y)?)?;
-        for g in 0..GEMS {
-            let (gx, gy) = (Path::parse(&format!("gems/g{g}/x"))?, Path::parse(&format!("gems/g{g}/y"))?);
-            let (dx, dy) = (number(txn.get(&gx)) - x, number(txn.get(&gy)) - y);
-            if dx * dx + dy * dy <= GEM_RADIUS * GEM_RADIUS {
+        for g in 0..self.gem_paths.len() {
+            let hit = {
+                let (gx, gy) = &self.gem_paths[g];
+                let (dx, dy) = (number(txn.get(gx)) - x, number(txn.get(gy)) - y);
+                dx * dx + dy * dy <= GEM_RADIUS * GEM_RADIUS
+            };
+            if hit {
                 let score = Self::player_path(player, "score")?;
                 let next = txn.get(&score).and_then(Doc::as_i64).unwrap_or(0) + 1;
                 txn.set(&score, Doc::Int(next))?;
                 let (nx, ny) = self.random_point();
-                txn.set(&gx, num(nx)?)?;
-                txn.set(&gy, num(ny)?)?;
+                let (gx, gy) = &self.gem_paths[g];
+                txn.set(gx, num(nx)?)?;
+                txn.set(gy, num(ny)?)?;
             }
         }
         Ok(())
