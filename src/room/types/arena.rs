@@ -40,8 +40,6 @@ struct Mover {
 pub struct Arena {
     rng: XorShift,
     movers: HashMap<String, Mover>,
-    /// `gems/gN/x` and `gems/gN/y`, parsed once (checked on every move).
-    gem_paths: Vec<(Path, Path)>,
 }
 
 impl Arena {
@@ -50,12 +48,7 @@ impl Arena {
         let seed = room_id
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-        let gem_paths = (0..GEMS)
-            .filter_map(|g| {
-                Some((Path::parse(&format!("gems/g{g}/x")).ok()?, Path::parse(&format!("gems/g{g}/y")).ok()?))
-            })
-            .collect();
-        Arena { rng: XorShift(seed | 1), movers: HashMap::new(), gem_paths }
+        Arena { rng: XorShift(seed | 1), movers: HashMap::new() }
     }
 
     fn random_point(&mut self) -> (f64, f64) {
@@ -104,11 +97,10 @@ impl RoomType for Arena {
     fn init(&mut self, txn: &mut Txn) -> Result<(), Refusal> {
         txn.set(&Path::parse("arena/w")?, num(SIZE)?)?;
         txn.set(&Path::parse("arena/h")?, num(SIZE)?)?;
-        for g in 0..self.gem_paths.len() {
+        for g in 0..GEMS {
             let (x, y) = self.random_point();
-            let (gx, gy) = self.gem_paths[g].clone();
-            txn.set(&gx, num(x)?)?;
-            txn.set(&gy, num(y)?)?;
+            txn.set(&Path::parse(&format!("gems/g{g}/x"))?, num(x)?)?;
+            txn.set(&Path::parse(&format!("gems/g{g}/y"))?, num(y)?)?;
         }
         Ok(())
     }
@@ -187,25 +179,37 @@ impl RoomType for Arena {
             return Ok(());
         }
         let (px, py) = (Self::player_path(player, "x")?, Self::player_path(player, "y")?);
-        let from = (number(txn.get(&px)), number(txn.get(&py)));
+        let from = {
+            let me = txn.get(&me).and_then(Doc::as_map);
+            (number(me.and_then(|m| m.get("x"))), number(me.and_then(|m| m.get("y"))))
+        };
         let to = (target.0.unwrap_or(from.0), target.1.unwrap_or(from.1));
         let (x, y) = self.limit_move(player, from, to, now);
         txn.set(&px, num(x)?)?;
         txn.set(&py, num(y)?)?;
-        for g in 0..self.gem_paths.len() {
-            let hit = {
-                let (gx, gy) = &self.gem_paths[g];
-                let (dx, dy) = (number(txn.get(gx)) - x, number(txn.get(gy)) - y);
-                dx * dx + dy * dy <= GEM_RADIUS * GEM_RADIUS
-            };
-            if hit {
+        // One look-up of the gems map per move (this runs for every input of every player).
+        let hits: Vec<String> = match txn.doc().get(["gems"]).and_then(Doc::as_map) {
+            Some(gems) => gems
+                .iter()
+                .filter(|(_, gem)| {
+                    let gem = gem.as_map();
+                    let (gx, gy) =
+                        (number(gem.and_then(|m| m.get("x"))), number(gem.and_then(|m| m.get("y"))));
+                    let (dx, dy) = (gx - x, gy - y);
+                    dx * dx + dy * dy <= GEM_RADIUS * GEM_RADIUS
+                })
+                .map(|(name, _)| name.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        for gem in hits {
+            {
                 let score = Self::player_path(player, "score")?;
                 let next = txn.get(&score).and_then(Doc::as_i64).unwrap_or(0) + 1;
                 txn.set(&score, Doc::Int(next))?;
                 let (nx, ny) = self.random_point();
-                let (gx, gy) = &self.gem_paths[g];
-                txn.set(gx, num(nx)?)?;
-                txn.set(gy, num(ny)?)?;
+                txn.set(&Path::from_segments(["gems", &gem, "x"])?, num(nx)?)?;
+                txn.set(&Path::from_segments(["gems", &gem, "y"])?, num(ny)?)?;
             }
         }
         Ok(())
