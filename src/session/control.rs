@@ -1,5 +1,9 @@
 //! `ConnControl`: how anyone (the room, the node's shutdown, the session itself) asks one
 //! connection to close with a given code. The first reason wins.
+//!
+//! Its token is a child of the node's shutdown token, so a connection's tasks watch one
+//! token for both; a close caused by the shutdown reads as 1012 with the connection's
+//! jittered `retry_ms` hint.
 
 use std::sync::Mutex;
 
@@ -12,6 +16,8 @@ use crate::protocol::CloseCode;
 pub struct ConnControl {
     token: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
+    /// The reconnect delay hinted to this client if the node shuts down.
+    retry_hint_ms: u64,
 }
 
 /// Why a connection is being closed.
@@ -34,8 +40,9 @@ impl CloseReason {
 }
 
 impl ConnControl {
-    pub fn new() -> ConnControl {
-        ConnControl::default()
+    /// A control closed by `shutdown` too (see the module docs).
+    pub fn new(shutdown: &CancellationToken, retry_hint_ms: u64) -> ConnControl {
+        ConnControl { token: shutdown.child_token(), reason: Mutex::new(None), retry_hint_ms }
     }
 
     /// Asks the connection to close with `code`; `detail` is appended to the reason text.
@@ -55,10 +62,16 @@ impl ConnControl {
     fn set(&self, reason: CloseReason) {
         let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(reason);
+            // A shutdown (the parent token) came first: it is the reason, whatever follows.
+            *slot = Some(if self.token.is_cancelled() { self.shutdown_reason() } else { reason });
         }
         drop(slot);
         self.token.cancel();
+    }
+
+    fn shutdown_reason(&self) -> CloseReason {
+        let code = CloseCode::ServiceRestart;
+        CloseReason::Code(code, format!("{}: retry_ms={}", code.reason(), self.retry_hint_ms))
     }
 
     /// Completes once a close was requested.
@@ -71,8 +84,9 @@ impl ConnControl {
         self.token.is_cancelled()
     }
 
-    /// The reason, once a close was requested.
+    /// The reason, once a close was requested (or the node is shutting down).
     pub fn reason(&self) -> Option<CloseReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        reason.or_else(|| self.token.is_cancelled().then(|| self.shutdown_reason()))
     }
 }

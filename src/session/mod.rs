@@ -44,7 +44,7 @@ pub async fn run(socket: WebSocket, node: Arc<Node>, peer: SocketAddr) {
     async move {
         let (sink, stream) = socket.split();
         let (outbox, queue) = mpsc::channel(node.config.outbox_frames);
-        let control = Arc::new(ConnControl::new());
+        let control = Arc::new(ConnControl::new(&node.shutdown, node.reconnect_hint_ms()));
         let writer = tokio::spawn(
             writer::run(sink, queue, control.clone(), node.config.ping_interval(), node.metrics.clone())
                 .in_current_span(),
@@ -121,25 +121,18 @@ impl Session {
     async fn read(&mut self, mut stream: futures_util::stream::SplitStream<WebSocket>) {
         let config = self.node.config.clone();
         let handshake_deadline = Instant::now() + config.handshake_timeout();
-        let shutdown = self.node.shutdown.clone();
         let control = self.conn.control.clone();
         // One timer, re-armed only when it fires, rather than one per frame.
         let timer =
             sleep_until(TokioInstant::from_std(handshake_deadline.min(self.last_rx + config.idle_timeout())));
         tokio::pin!(timer);
         // Created once: a cancellation future registers a waiter (a lock) when first polled.
+        // The control's token also fires on node shutdown (its reason then reads as 1012).
         let closed = control.closed();
         tokio::pin!(closed);
-        let shutting_down = shutdown.cancelled();
-        tokio::pin!(shutting_down);
         loop {
             tokio::select! {
                 _ = &mut closed => return,
-                _ = &mut shutting_down => {
-                    let hint = self.node.reconnect_hint_ms();
-                    control.close(CloseCode::ServiceRestart, format!("retry_ms={hint}"));
-                    return;
-                }
                 _ = &mut timer => {
                     let now = Instant::now();
                     if self.joined.is_none() && now >= handshake_deadline {
