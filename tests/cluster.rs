@@ -366,3 +366,62 @@ async fn harness_tcp_proxy_passes_stalls_resets_and_refuses() {
     let mut conn = TcpStream::connect(proxy.addr()).await.expect("connect");
     assert_eq!(resp_ping(&mut conn, WAIT).await.as_deref(), Ok("+PONG"));
 }
+
+/// Volatile paths (the arena's positions): moves are sequenced and fanned out across nodes
+/// like any change, but never written to the durable log; durable changes (a player's
+/// arrival) are. After the owner is killed, the room comes back from Redis with every
+/// durable change, its seq line never goes back, and everyone converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volatile_moves_skip_the_log_and_the_room_survives_its_owner() {
+    if !have_redis() {
+        return;
+    }
+    let mut cluster = Cluster::start(2, &["--lease-ttl-ms", "1000"]).await;
+    let urls = urls(&cluster);
+    let room = "r-arena";
+    let mut a = Player::join("A", &urls[..1], room, "arena").await;
+    let mut b = Player::join("B", &urls[1..], room, "arena").await;
+    assert_eq!(a.node(), "node-1", "A's node owns the room");
+    let log = format!("gr:{{{room}}}:log");
+    let logged_before = cluster.redis.cmd(&["XLEN", &log]);
+
+    // B (on the other node) moves in small steps: each move is a volatile delta.
+    let me = b.player_id.clone();
+    let mut step = 0.0f64;
+    b.stream(40, 4, WAIT, |_| {
+        step += 1.0;
+        vec![set(&format!("players/{me}/x"), Doc::Float(100.5 + step))]
+    })
+    .await;
+    assert_eq!(b.acked.len(), 40, "every move was acknowledged");
+    converge(&mut [&mut a, &mut b], WAIT).await;
+    assert_eq!(
+        cluster.redis.cmd(&["XLEN", &log]),
+        logged_before,
+        "volatile moves are not written to the log"
+    );
+    let seq_before = a.mirror.seq;
+
+    // The owner dies: the room comes back on node-2 from the durable state.
+    a.abandon();
+    cluster.nodes[0].kill9();
+    let mut c = Player::join("C", &urls[1..], room, "arena").await;
+    assert!(c.mirror.seq >= cluster_head(&cluster, room), "the seq line continues from the durable head");
+    assert!(c.mirror.get(&format!("players/{me}")).is_some(), "B's arrival (durable) survived");
+    let (_, seq) = converge(&mut [&mut b, &mut c], WAIT).await;
+    assert!(
+        seq >= seq_before.min(cluster_head(&cluster, room)),
+        "the seq line never goes back below the durable head"
+    );
+    assert_eq!(b.mirror.hash(), c.mirror.hash());
+}
+
+/// The durable head of a room as Redis has it.
+fn cluster_head(cluster: &Cluster, room: &str) -> u64 {
+    cluster
+        .redis
+        .cmd(&["GET", &format!("gr:{{{room}}}:head")])
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}

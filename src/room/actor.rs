@@ -200,6 +200,8 @@ pub struct Room {
     staged_log: Vec<LogEntry>,
     /// Whether the backplane keeps a durable log (cluster mode).
     durable: bool,
+    /// seq of the last delta in the durable log (volatile deltas after it are not logged).
+    durable_head: u64,
     /// Broadcasts awaiting the next flush (only with a flush interval).
     pending: Vec<Bytes>,
     empty_since: Option<Instant>,
@@ -304,6 +306,7 @@ impl Room {
             staged: Vec::new(),
             staged_log: Vec::new(),
             durable: deps.backplane.wants_snapshots(),
+            durable_head: seq,
             pending: Vec::new(),
             failed: false,
             fenced: claim.fenced,
@@ -804,9 +807,19 @@ impl Room {
             by: by.map(|p| p.to_string()),
             ops,
         });
+        // Volatile: only paths the room type declares volatile (e.g. arena positions). Such
+        // a delta is sequenced and fanned out like any other, but not written to the log:
+        // it survives a failover only as of the last snapshot (the new owner's epoch tells
+        // clients their history diverged).
+        let volatile = match &delta {
+            ServerMsg::Delta(d) => {
+                !d.ops.is_empty() && d.ops.iter().all(|op| self.logic.is_volatile(op.path()))
+            }
+            _ => false,
+        };
         let bytes = encode(&delta);
         self.delta_bytes.record(bytes.len() as f64);
-        if self.durable {
+        if self.durable && !volatile {
             self.staged_log.push(LogEntry::Delta { seq: self.seq, bytes: bytes.clone() });
         }
         self.deps.metrics.deltas.increment(1);
@@ -821,10 +834,25 @@ impl Room {
         }
         let staged = std::mem::take(&mut self.staged);
         let entries = std::mem::take(&mut self.staged_log);
-        let prev_seq = staged.first().map_or(self.seq, |s| s.seq - 1);
-        let batch = CommitBatch { prev_seq, entries: &entries };
+        if entries.is_empty() {
+            // Volatile deltas only (or the embedded store): nothing to make durable.
+            self.publish(staged);
+            return;
+        }
+        let batch = CommitBatch { prev_seq: self.durable_head, entries: &entries };
+        let next_head = entries
+            .iter()
+            .filter_map(|e| match e {
+                LogEntry::Delta { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(self.durable_head);
         match self.deps.backplane.commit(&self.id, self.epoch, batch).await {
-            Ok(()) => self.publish(staged),
+            Ok(()) => {
+                self.durable_head = next_head;
+                self.publish(staged);
+            }
             Err(BackplaneError::Lost) => {
                 // Redis lost the room: write it back from memory (which includes this
                 // batch), then show the batch; members also get a resync into the new epoch.
@@ -958,6 +986,7 @@ impl Room {
                 self.tokens_changed = true;
                 self.snapshot_seq = Some(self.seq);
                 self.snapshot_at = Instant::now();
+                self.durable_head = self.seq;
                 // Deltas of the old epoch cannot serve resumes in the new one.
                 self.ring.clear();
                 let players: Vec<(PlayerId, u64)> = self
@@ -1012,6 +1041,8 @@ impl Room {
                 histogram!(names::SNAPSHOT_SECONDS).record(started.elapsed().as_secs_f64());
                 self.snapshot_seq = Some(self.seq);
                 self.snapshot_at = Instant::now();
+                // The snapshot covers volatile deltas too: the log's head moved up to it.
+                self.durable_head = self.durable_head.max(self.seq);
             }
             Err(BackplaneError::Lost) => self.reseed().await,
             Err(BackplaneError::Unavailable(e)) if self.snapshot_seq.is_some() => {
