@@ -94,6 +94,11 @@ fn register_at_zero() {
     for code in crate::protocol::ErrorCode::ALL {
         counter!(OPS_REJECTED, "code" => code.as_str()).increment(0);
     }
+    counter!(FRAMES_IN, "kind" => "invalid").increment(0);
+    for room_type in crate::room::types::ROOM_TYPES {
+        counter!(ROOMS_CREATED, "type" => room_type).increment(0);
+        counter!(ROOMS_DISPOSED, "type" => room_type).increment(0);
+    }
     for outcome in ["new", "resumed_deltas", "resumed_snapshot", "refused"] {
         counter!(JOINS, "outcome" => outcome).increment(0);
     }

@@ -85,11 +85,11 @@ pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
 pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
 /// Gauge (bytes, `metrics-process`): virtual memory size.
 pub const PROCESS_VIRTUAL_MEMORY: &str = "process_virtual_memory_bytes";
-/// Gauge (bytes, `metrics-process`): the address-space limit (`RLIMIT_AS`).
+/// Gauge (bytes, `metrics-process`): the address-space limit (`RLIMIT_AS`; 0 when unlimited).
 pub const PROCESS_VIRTUAL_MEMORY_MAX: &str = "process_virtual_memory_max_bytes";
 /// Gauge (`metrics-process`): open file descriptors (sockets included).
 pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
-/// Gauge (`metrics-process`): the file descriptor limit (`RLIMIT_NOFILE`).
+/// Gauge (`metrics-process`): the file descriptor limit (`RLIMIT_NOFILE`; 0 when unlimited).
 pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 /// Gauge (seconds, `metrics-process`): process start time, Unix seconds.
 pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
