@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use futures_util::{SinkExt, StreamExt};
-use gamerelay::protocol::{decode_server, encode, ClientMsg, Doc, Join, ServerMsg, PROTOCOL_VERSION};
+use gamerelay::protocol::{
+    decode_server, encode, ClientMsg, Doc, Join, MemberInfo, ServerMsg, Snapshot, PROTOCOL_VERSION,
+};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -161,24 +163,44 @@ pub struct Joined {
     pub state: Doc,
 }
 
+/// Everything a `joined` carries (for scenarios that resume or mirror the room).
+#[derive(Debug)]
+pub struct JoinedFull {
+    pub player: String,
+    /// The session token, to resume with.
+    pub session: String,
+    pub resumed: bool,
+    /// The highest cid of this player applied so far.
+    pub cid: u64,
+    pub members: Vec<MemberInfo>,
+    /// Nil on a resume served with the missed deltas, which follow in order.
+    pub snapshot: Option<Snapshot>,
+}
+
 /// Sends `hello` and `join` (pipelined, as the protocol allows) and waits for `joined`.
 /// Frames before it (`welcome`, `presence`, deltas of other joiners) are skipped.
 pub async fn hello_join(ws: &mut Ws, room: &str, room_type: &str) -> Result<Joined, ConnError> {
+    let join = Join { room: room.to_string(), room_type: room_type.to_string(), ..Join::default() };
+    let j = hello_join_with(ws, join).await?;
+    Ok(Joined { player: j.player, state: j.snapshot.map(|s| s.state).unwrap_or_default() })
+}
+
+/// [`hello_join`] with any `join` (e.g. a resume: `session`, `epoch`, `seq`), returning the
+/// whole `joined`. Nothing after `joined` is read: a resume's missed deltas stay queued.
+pub async fn hello_join_with(ws: &mut Ws, join: Join) -> Result<JoinedFull, ConnError> {
     let hello = ClientMsg::Hello {
         v: PROTOCOL_VERSION,
         client: Some(concat!("gamerelay-loadtest/", env!("CARGO_PKG_VERSION")).to_string()),
     };
-    let join =
-        ClientMsg::Join(Join { room: room.to_string(), room_type: room_type.to_string(), ..Join::default() });
     ws.feed(Message::Binary(encode(&hello))).await?;
-    ws.send(Message::Binary(encode(&join))).await?;
+    ws.send(Message::Binary(encode(&ClientMsg::Join(join)))).await?;
     while let Some(msg) = ws.next().await {
         let Message::Binary(frame) = msg? else {
             continue;
         };
         match decode_server(&frame) {
-            Ok(ServerMsg::Joined { player, snapshot, .. }) => {
-                return Ok(Joined { player, state: snapshot.map(|s| s.state).unwrap_or_default() })
+            Ok(ServerMsg::Joined { player, session, resumed, cid, members, snapshot, .. }) => {
+                return Ok(JoinedFull { player, session, resumed, cid, members, snapshot })
             }
             Ok(ServerMsg::Error { code, message }) => return Err(ConnError::Refused { code, message }),
             // Anything else before `joined` is not ours to handle; a frame we cannot decode
@@ -187,6 +209,27 @@ pub async fn hello_join(ws: &mut Ws, room: &str, room_type: &str) -> Result<Join
         }
     }
     Err(ConnError::Closed)
+}
+
+/// Drops a connection without a WebSocket close frame, as a crashed client or a lost network
+/// would: the socket is closed with a FIN, or with a RST when `reset` (`SO_LINGER` 0).
+pub fn drop_abruptly(ws: Ws, reset: bool) {
+    if reset {
+        // Best effort: if it cannot be set, the close is a FIN, still without a close frame.
+        let _ = ws.get_ref().set_zero_linger();
+    }
+    drop(ws);
+}
+
+/// Sends `leave` and closes, bounded in time (the server then forgets the player at once
+/// instead of keeping it through the reconnect grace).
+pub async fn leave(ws: &mut Ws) {
+    let leave = encode(&ClientMsg::Leave);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let _ = ws.send(Message::Binary(leave)).await;
+        let _ = ws.close(None).await;
+    })
+    .await;
 }
 
 /// The number at `path` (`/`-separated map keys) in `doc`.

@@ -1,8 +1,10 @@
 //! `gamerelay-loadtest`: load generator for gamerelay nodes.
 //!
-//! One subcommand per scenario (`arena` = the reference workload W1). Modules:
+//! One subcommand per scenario (`arena` = the reference workload W1, `join-storm`,
+//! `reconnect-storm`, `idle`, `fanout`). Modules:
 //! - `conn`: target URLs, source addresses, WebSocket connect, `hello` + `join`;
 //! - `wire`: allocation-free reading of server frames on the hot path;
+//! - `mirror`: a local copy of a room's state (resume correctness);
 //! - `stats`: the run's timeline, counters and latency histograms;
 //! - `procstat`: CPU and RSS from `/proc`, the open-files limit;
 //! - `report`: JSON line, human table, validity;
@@ -12,6 +14,7 @@
 //! 1 when it could not run, 2 for bad usage.
 
 mod conn;
+mod mirror;
 mod procstat;
 mod report;
 mod scenarios;
@@ -37,6 +40,18 @@ enum Command {
     /// W1 "arena": R rooms x P players each sending positions at H Hz; measures deliveries,
     /// input-to-echo latency, and server CPU/RSS per delivery/connection.
     Arena(scenarios::arena::ArenaArgs),
+    /// N players joining rooms of P at once, as fast as the connect slots allow; measures
+    /// joins/s and join latency (hello+join to joined).
+    JoinStorm(scenarios::join_storm::JoinStormArgs),
+    /// N connected players all dropped at once (no close frame); each resumes with its
+    /// session and last (epoch, seq); measures time until all resumed, resume latency, and
+    /// checks every mirror against the room's state.
+    ReconnectStorm(scenarios::reconnect_storm::ReconnectStormArgs),
+    /// N mostly idle connections held for the duration; measures server RSS per connection.
+    Idle(scenarios::idle::IdleArgs),
+    /// One writer at H Hz and many readers per room; measures deliveries/s and
+    /// writer-input-to-reader latency.
+    Fanout(scenarios::fanout::FanoutArgs),
 }
 
 /// Flags every scenario takes (they may be given before or after the subcommand).
@@ -57,8 +72,8 @@ pub struct Common {
     /// Prefix of room ids (default: unique per run, `lt<pid>-<time>-`).
     #[arg(long, global = true)]
     pub room_prefix: Option<String>,
-    /// Connections being set up at once.
-    #[arg(long, global = true, default_value_t = 256)]
+    /// Connections being set up at once (TCP + WebSocket + hello/join).
+    #[arg(long, visible_alias = "concurrency", global = true, default_value_t = 256)]
     pub connect_concurrency: usize,
     /// Seconds allowed for each of TCP+WebSocket connect and hello+join of a connection.
     #[arg(long, global = true, default_value_t = 15.0)]
@@ -108,6 +123,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Arena(args) => scenarios::arena::run(&cli.common, args, nofile).await,
+            Command::JoinStorm(args) => scenarios::join_storm::run(&cli.common, args, nofile).await,
+            Command::ReconnectStorm(args) => scenarios::reconnect_storm::run(&cli.common, args, nofile).await,
+            Command::Idle(args) => scenarios::idle::run(&cli.common, args, nofile).await,
+            Command::Fanout(args) => scenarios::fanout::run(&cli.common, args, nofile).await,
         }
     });
     // Connection tasks still closing are not waited for.

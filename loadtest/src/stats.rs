@@ -87,6 +87,11 @@ impl LatencyHistogram {
         }
     }
 
+    /// Records one duration.
+    pub fn record(&mut self, d: Duration) {
+        self.0.saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
+    }
+
     /// Percentiles in milliseconds (`None` without samples).
     pub fn summary(&self) -> Option<LatencySummary> {
         let h = &self.0;

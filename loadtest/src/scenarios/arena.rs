@@ -161,9 +161,9 @@ struct Shared {
 /// Most CPU (% of one core) the rest of the machine may use during a valid window. Loopback
 /// TCP processing in softirq context is sometimes not charged to any process and counts here,
 /// so the limit leaves room for it; a concurrent build or test run exceeds it.
-const OTHER_CPU_LIMIT_PCT: f64 = 25.0;
+pub(super) const OTHER_CPU_LIMIT_PCT: f64 = 25.0;
 /// Most CPU (% of one core) the hypervisor may steal during a valid window.
-const STEAL_LIMIT_PCT: f64 = 10.0;
+pub(super) const STEAL_LIMIT_PCT: f64 = 10.0;
 
 /// Runs the scenario and returns its report.
 pub async fn run(common: &Common, args: &ArenaArgs, nofile: NofileLimit) -> Result<Report, String> {
@@ -487,7 +487,7 @@ fn summary_table(f: &ArenaFigures) -> Table {
 }
 
 /// A deterministic pseudo-random number in [0, 1) for connection `i` (splitmix64).
-fn unit_hash(i: u64, salt: u64) -> f64 {
+pub(super) fn unit_hash(i: u64, salt: u64) -> f64 {
     let mut z = i.wrapping_add(salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -684,7 +684,7 @@ fn acknowledge(
 
 /// Moves a player in a straight line at `step` units per input, bouncing off a margin inside
 /// the 1000 x 1000 arena, so that no input is ever clamped by the server.
-struct Mover {
+pub(super) struct Mover {
     x: f64,
     y: f64,
     dx: f64,
@@ -695,7 +695,7 @@ impl Mover {
     const MIN: f64 = 10.0;
     const MAX: f64 = 990.0;
 
-    fn new(x: f64, y: f64, step: f64, direction: f64) -> Self {
+    pub(super) fn new(x: f64, y: f64, step: f64, direction: f64) -> Self {
         let angle = direction * std::f64::consts::TAU;
         Mover {
             x: x.clamp(Self::MIN, Self::MAX),
@@ -706,7 +706,7 @@ impl Mover {
     }
 
     /// The next position, rounded to 1/100 of a unit.
-    fn step(&mut self) -> (f64, f64) {
+    pub(super) fn step(&mut self) -> (f64, f64) {
         fn advance(v: &mut f64, d: &mut f64) {
             if !(Mover::MIN..=Mover::MAX).contains(&(*v + *d)) {
                 *d = -*d;
