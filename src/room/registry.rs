@@ -118,7 +118,12 @@ impl Registry {
         };
         for _ in 0..JOIN_ATTEMPTS {
             if self.local(room_id).is_some() {
-                return self.join_here(room_id, room_type, req).await;
+                // An actor that is still claiming may lose the race to another node: then
+                // the room is found elsewhere on the next look.
+                match self.join_here(room_id, room_type, req.clone()).await {
+                    Err(refusal) if refusal.code == ErrorCode::Unavailable => continue,
+                    other => return other,
+                }
             }
             match relay.lease_holder(room_id).await? {
                 Some(owner) if owner != **relay.incarnation() => {
