@@ -147,6 +147,11 @@ pub struct Config {
     #[arg(long, env = "GAMERELAY_REDIS")]
     pub redis: Option<String>,
 
+    /// PEM file of the CA that signed Redis's TLS certificate, for `rediss://` URLs when it
+    /// is not in the system's trust store.
+    #[arg(long, env = "GAMERELAY_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
     /// Prefix of every Redis key and channel of this deployment.
     #[arg(long, env = "GAMERELAY_REDIS_PREFIX", default_value = "gr")]
     pub redis_prefix: String,
@@ -245,6 +250,14 @@ impl Config {
                         flag: "cluster-secret",
                         problem: "cluster mode (--redis) needs a shared secret of at least 16 bytes".into(),
                     })
+                }
+            }
+            if let Some(ca) = &self.redis_ca_file {
+                if !ca.is_file() {
+                    return Err(ConfigError {
+                        flag: "redis-ca-file",
+                        problem: format!("{} is not a readable file", ca.display()),
+                    });
                 }
             }
             if self.lease_ttl_ms < 300 {

@@ -127,6 +127,7 @@ impl Server {
                 };
                 let settings = RedisSettings {
                     url: url.clone(),
+                    ca_file: config.redis_ca_file.clone(),
                     prefix: config.redis_prefix.clone(),
                     lease_ttl: config.lease_ttl(),
                     timeout: config.redis_timeout(),
@@ -137,6 +138,7 @@ impl Server {
                     RedisBackplane::connect(settings, incarnation.clone(), shutdown.clone()).await?;
                 let relay = Relay::start(
                     url,
+                    config.redis_ca_file.as_deref(),
                     Keys::new(&config.redis_prefix),
                     incarnation,
                     config.lease_ttl(),

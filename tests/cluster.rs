@@ -425,3 +425,119 @@ fn cluster_head(cluster: &Cluster, room: &str) -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+/// Redis over TLS (`rediss://`) with a password: a node trusts the CA given with
+/// `--redis-ca-file`, authenticates, and serves a room whose changes land in that Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_uses_redis_over_tls_with_a_password() {
+    if !tools_available(&[Tool::RedisServer, Tool::Openssl]) {
+        return;
+    }
+    let dir = support::cluster::fresh_dir("redis-tls");
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "openssl {args:?}");
+    };
+    // A test CA and a server certificate for 127.0.0.1 signed by it.
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let port = support::cluster::free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no", "--requirepass", "s3cret-pw"])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.pem",
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server with TLS");
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _redis = KillOnDrop(&mut redis);
+    wait_for("the TLS port to listen", WAIT, || async move {
+        TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+
+    let url = format!("rediss://:s3cret-pw@127.0.0.1:{port}");
+    let ca = dir.join("ca.pem");
+    let node = support::cluster::Node::start(
+        &url,
+        "node-tls",
+        &["--redis-ca-file", ca.to_str().expect("utf-8 path")],
+    )
+    .await;
+    let mut p = Player::join("P", &[node.url()], "r-tls", "doc").await;
+    p.stream(5, 1, WAIT, |_| vec![inc(COUNT, 1)]).await;
+    assert_eq!(p.acked.len(), 5, "changes acknowledged through a TLS Redis");
+    assert_eq!(p.mirror.int(COUNT), 5);
+
+    // Without the CA the node refuses to start: the server's certificate is not trusted.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_gamerelay"))
+        .args(["--listen", "127.0.0.1:0", "--redis", &url, "--cluster-secret", "0123456789abcdef0123"])
+        .output()
+        .expect("run gamerelay");
+    assert!(!refused.status.success(), "a node must not trust an unknown CA");
+}

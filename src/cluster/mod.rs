@@ -18,6 +18,23 @@ pub mod redis;
 pub mod relay;
 pub mod wire;
 
+/// A Redis client for `url` (`redis://` or `rediss://`; with TLS, `ca_file` is the PEM of
+/// the CA to trust instead of the system's trust store).
+pub fn client(url: &str, ca_file: Option<&std::path::Path>) -> ::redis::RedisResult<::redis::Client> {
+    if !url.starts_with("rediss://") {
+        return ::redis::Client::open(url);
+    }
+    // One process-wide TLS crypto provider; a second install (tests) is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let root_cert = match ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            ::redis::RedisError::from((::redis::ErrorKind::Io, "cannot read --redis-ca-file", e.to_string()))
+        })?),
+        None => None,
+    };
+    ::redis::Client::build_with_tls(url, ::redis::TlsCertificates { client_tls: None, root_cert })
+}
+
 /// A Redis connection that reconnects by itself after Redis restarts or the network heals
 /// (commands fail, with their timeout, while it is down).
 pub async fn connection(

@@ -116,6 +116,8 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: String,
+    /// CA to trust for `rediss://` (else the system's trust store).
+    pub ca_file: Option<std::path::PathBuf>,
     pub prefix: String,
     pub lease_ttl: Duration,
     pub timeout: Duration,
@@ -179,7 +181,7 @@ impl RedisBackplane {
         incarnation: Arc<str>,
         shutdown: CancellationToken,
     ) -> Result<Arc<RedisBackplane>, BackplaneError> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(unavailable)?;
+        let client = super::client(&settings.url, settings.ca_file.as_deref()).map_err(unavailable)?;
         let conn = super::connection(&client, settings.timeout).await.map_err(unavailable)?;
         let lease_conn = super::connection(&client, settings.timeout).await.map_err(unavailable)?;
         let backplane = Arc::new(RedisBackplane {

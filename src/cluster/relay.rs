@@ -84,6 +84,7 @@ impl Relay {
     /// checks; both stop with `shutdown`.
     pub async fn start(
         url: &str,
+        ca_file: Option<&std::path::Path>,
         keys: Keys,
         incarnation: Arc<str>,
         lease_ttl: Duration,
@@ -91,7 +92,7 @@ impl Relay {
         shutdown: CancellationToken,
     ) -> Result<Relay, BackplaneError> {
         let err = |e: redis::RedisError| BackplaneError::Unavailable(e.to_string());
-        let client = redis::Client::open(url).map_err(err)?;
+        let client = super::client(url, ca_file).map_err(err)?;
         let conn = super::connection(&client, timeout).await.map_err(err)?;
         let (sink, stream) = subscribe_inbox(&client, &keys, &incarnation).await.map_err(err)?;
         let relay = Relay {
