@@ -295,6 +295,26 @@ impl RedisBackplane {
         }
     }
 
+    /// Records a won claim (`won == 1`, `value` = the new epoch) as owned, with fresh
+    /// tokens; a lost one (`value` = the holder) is `OwnedElsewhere`.
+    fn take_ownership(
+        &self,
+        room: &str,
+        won: i64,
+        value: &str,
+        started: Instant,
+    ) -> Result<Claim, BackplaneError> {
+        if won != 1 {
+            return Err(BackplaneError::OwnedElsewhere(value.to_owned()));
+        }
+        let epoch: u64 =
+            value.parse().map_err(|_| BackplaneError::Corrupt(format!("epoch {value:?} of {room}")))?;
+        let (fenced, lost) = (CancellationToken::new(), CancellationToken::new());
+        let owned = Owned { epoch, fenced: fenced.clone(), lost: lost.clone(), renewed_at: started };
+        self.owned.insert(room.to_owned(), owned);
+        Ok(Claim { epoch, restored: None, fenced, lost })
+    }
+
     /// Reads the snapshot and replays the log after it.
     async fn restore(&self, room: &str) -> Result<Option<RoomSnapshot>, BackplaneError> {
         let mut conn = self.conn.clone();
@@ -438,18 +458,12 @@ impl Backplane for RedisBackplane {
         let (won, value) = claimed
             .inspect_err(|_| counter!(names::REDIS_ERRORS, "op" => "claim").increment(1))
             .map_err(unavailable)?;
-        if won != 1 {
-            return Err(BackplaneError::OwnedElsewhere(value));
-        }
-        let epoch: u64 =
-            value.parse().map_err(|_| BackplaneError::Corrupt(format!("epoch {value:?} of {room}")))?;
-        let (fenced, lost) = (CancellationToken::new(), CancellationToken::new());
-        let owned = Owned { epoch, fenced: fenced.clone(), lost: lost.clone(), renewed_at: started };
-        self.owned.insert(room.to_owned(), owned);
+        let claim = self.take_ownership(room, won, &value, started)?;
+        let epoch = claim.epoch;
         match self.restore(room).await {
             Ok(restored) => {
                 tracing::info!(room, epoch, restored_seq = restored.as_ref().map(|s| s.seq), "room claimed");
-                Ok(Claim { epoch, restored, fenced, lost })
+                Ok(Claim { restored, ..claim })
             }
             Err(e) => {
                 let _ = self.release(room, epoch, false).await;
@@ -591,16 +605,9 @@ impl Backplane for RedisBackplane {
         let (won, value) = outcome
             .inspect_err(|_| counter!(names::REDIS_ERRORS, "op" => "reseed").increment(1))
             .map_err(unavailable)?;
-        if won != 1 {
-            return Err(BackplaneError::OwnedElsewhere(value));
-        }
-        let epoch: u64 =
-            value.parse().map_err(|_| BackplaneError::Corrupt(format!("epoch {value:?} of {room}")))?;
-        let (fenced, lost) = (CancellationToken::new(), CancellationToken::new());
-        let owned = Owned { epoch, fenced: fenced.clone(), lost: lost.clone(), renewed_at: started };
-        self.owned.insert(room.to_owned(), owned);
-        tracing::info!(room, epoch, seq = snapshot.seq, "room re-seeded");
-        Ok(Claim { epoch, restored: None, fenced, lost })
+        let claim = self.take_ownership(room, won, &value, started)?;
+        tracing::info!(room, epoch = claim.epoch, seq = snapshot.seq, "room re-seeded");
+        Ok(claim)
     }
 
     async fn release(&self, room: &str, _epoch: u64, dispose: bool) -> Result<(), BackplaneError> {
