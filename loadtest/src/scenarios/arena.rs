@@ -170,15 +170,7 @@ pub async fn run(common: &Common, args: &ArenaArgs, nofile: NofileLimit) -> Resu
     if args.rooms == 0 || args.players == 0 {
         return Err("--rooms and --players must be at least 1".into());
     }
-    if !(args.hz > 0.0 && args.hz <= 1000.0) {
-        return Err("--hz must be in (0, 1000]".into());
-    }
-    if !(args.duration > 0.0 && args.warmup >= 0.0 && args.drain >= 0.0) {
-        return Err("--duration must be > 0; --warmup and --drain >= 0".into());
-    }
-    if !(args.step > 0.0 && args.step <= 5.0) {
-        return Err("--step must be in (0, 5]".into());
-    }
+    super::common::check_rate_flags(args.hz, args.duration, args.warmup, args.drain, args.step)?;
     let n = args.rooms * args.players;
     let mut validity = Validity::default();
 

@@ -129,6 +129,32 @@ pub fn fd_budget(requested: usize, nofile: NofileLimit) -> FdBudget {
     FdBudget { requested, allowed: room, capped: Some(msg) }
 }
 
+/// Caps `layout` at what the open-files limit allows (one descriptor per player), warning
+/// and marking the run invalid when it does.
+pub fn cap_to_fd_budget(layout: &mut Layout, nofile: NofileLimit, validity: &mut Validity) -> FdBudget {
+    let budget = fd_budget(layout.n, nofile);
+    if let Some(msg) = &budget.capped {
+        eprintln!("warning: {msg}");
+        validity.check(true, || msg.clone());
+        layout.n = budget.allowed;
+    }
+    budget
+}
+
+/// Checks the flags of the fixed-rate scenarios (`arena`, `fanout`).
+pub fn check_rate_flags(hz: f64, duration: f64, warmup: f64, drain: f64, step: f64) -> Result<(), String> {
+    if !(hz > 0.0 && hz <= 1000.0) {
+        return Err("--hz must be in (0, 1000]".into());
+    }
+    if !(duration > 0.0 && warmup >= 0.0 && drain >= 0.0) {
+        return Err("--duration must be > 0; --warmup and --drain >= 0".into());
+    }
+    if !(step > 0.0 && step <= 5.0) {
+        return Err("--step must be in (0, 5]".into());
+    }
+    Ok(())
+}
+
 /// How long a connection took to set up (after it got a connect slot).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SetupTimes {

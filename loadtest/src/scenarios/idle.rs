@@ -25,8 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::arena::unit_hash;
 use super::common::{
-    self, fd_budget, new_join, next_tick, FirstErrors, Layout, LimitFigures, MachineFigures, Net, Population,
-    RoomType, ServerFigures,
+    self, cap_to_fd_budget, new_join, next_tick, FirstErrors, Layout, LimitFigures, MachineFigures, Net,
+    Population, RoomType, ServerFigures,
 };
 use super::join_storm::error_row;
 use crate::conn::{self, ConnError};
@@ -117,13 +117,8 @@ pub async fn run(common: &Common, args: &IdleArgs, nofile: NofileLimit) -> Resul
         return Err("--duration must be > 0 and --ping-interval >= 0".into());
     }
     let mut layout = args.pop.layout(5000)?;
-    let budget = fd_budget(layout.n, nofile);
     let mut validity = Validity::default();
-    if let Some(msg) = &budget.capped {
-        eprintln!("warning: {msg}");
-        validity.check(true, || msg.clone());
-        layout.n = budget.allowed;
-    }
+    let budget = cap_to_fd_budget(&mut layout, nofile, &mut validity);
     let n = layout.n;
     let net = Net::new(common, layout, 0).await?;
     let limits = LimitFigures::new(nofile, &net, &budget);

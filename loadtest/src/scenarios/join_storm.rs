@@ -22,7 +22,7 @@ use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::common::{
-    self, fd_budget, new_join, FirstErrors, LimitFigures, MachineFigures, Net, Population, RoomType,
+    self, cap_to_fd_budget, new_join, FirstErrors, LimitFigures, MachineFigures, Net, Population, RoomType,
     ServerFigures, SetupTimes,
 };
 use crate::conn::{self, ConnError};
@@ -95,13 +95,8 @@ pub async fn run(common: &Common, args: &JoinStormArgs, nofile: NofileLimit) -> 
         return Err("--duration must be > 0".into());
     }
     let mut layout = args.pop.layout(1000)?;
-    let budget = fd_budget(layout.n, nofile);
     let mut validity = Validity::default();
-    if let Some(msg) = &budget.capped {
-        eprintln!("warning: {msg}");
-        validity.check(true, || msg.clone());
-        layout.n = budget.allowed;
-    }
+    let budget = cap_to_fd_budget(&mut layout, nofile, &mut validity);
     let n = layout.n;
     let net = Net::new(common, layout, 0).await?;
     let limits = LimitFigures::new(nofile, &net, &budget);
