@@ -191,11 +191,6 @@ impl Server {
         self.listener.local_addr().unwrap_or(self.node.config.listen)
     }
 
-    /// The node's shared state (tests read it).
-    pub fn node(&self) -> Arc<Node> {
-        self.node.clone()
-    }
-
     /// Serves until `shutdown` completes, then drains (see the module docs).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let node = self.node;

@@ -205,11 +205,6 @@ impl RedisBackplane {
         Ok(backplane)
     }
 
-    /// The keyspace.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
     /// Fences `room` locally: its room stops acting as owner. `op` is the label of
     /// `names::FENCING_REJECTIONS`.
     fn fence(&self, room: &str, op: &'static str, why: &str) {

@@ -94,16 +94,6 @@ impl Registry {
         }
     }
 
-    /// Number of live rooms owned here.
-    pub fn len(&self) -> usize {
-        self.inner.rooms.len()
-    }
-
-    /// Whether no room is owned here.
-    pub fn is_empty(&self) -> bool {
-        self.inner.rooms.is_empty()
-    }
-
     /// The mailbox of `room` if this node owns it.
     pub fn local(&self, room: &str) -> Option<RoomHandle> {
         self.inner.rooms.get(room).map(|h| h.clone())

@@ -79,11 +79,6 @@ impl ConnControl {
         self.token.cancelled().await
     }
 
-    /// Whether a close was requested.
-    pub fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
     /// The reason, once a close was requested (or the node is shutting down).
     pub fn reason(&self) -> Option<CloseReason> {
         let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
