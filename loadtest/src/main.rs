@@ -7,6 +7,7 @@
 //! - `mirror`: a local copy of a room's state (resume correctness);
 //! - `stats`: the run's timeline, counters and latency histograms;
 //! - `procstat`: CPU and RSS from `/proc`, the open-files limit;
+//! - `progress`: the live progress line on a terminal;
 //! - `report`: JSON line, human table, validity;
 //! - `scenarios::*`: the scenarios.
 //!
@@ -16,6 +17,7 @@
 mod conn;
 mod mirror;
 mod procstat;
+mod progress;
 mod report;
 mod scenarios;
 mod stats;
@@ -82,6 +84,9 @@ pub struct Common {
     /// connections to a loopback server, to stay clear of the ephemeral port range).
     #[arg(long, global = true, default_value_t = 0)]
     pub source_addrs: usize,
+    /// No live progress line (it is drawn on stderr only when stderr is a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
 }
 
 impl Common {
