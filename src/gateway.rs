@@ -18,8 +18,14 @@ use crate::server::Node;
 use crate::session;
 use crate::telemetry::{self, names};
 
-/// Read buffer of each WebSocket connection.
-const READ_BUFFER_BYTES: usize = 4096;
+/// Read buffer of each WebSocket connection: one `read` takes at most this much. It is
+/// allocated per connection for its whole life, so it is small: game input frames are
+/// tens to hundreds of bytes, and a larger frame is still read, in several reads.
+const READ_BUFFER_BYTES: usize = 1024;
+/// Frames queued by the writer are written to the socket once this much is buffered (and
+/// at every flush). tungstenite keeps its write buffer's capacity at its high-water mark, so
+/// this also bounds what a burst (a join's snapshot and presence) leaves allocated.
+const WRITE_BUFFER_BYTES: usize = 1024;
 
 /// The node's router.
 pub fn router(node: Arc<Node>) -> Router {
@@ -45,10 +51,13 @@ async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "node is at its connection limit").into_response();
     };
     let max = node.config.max_frame_bytes;
-    // A small read buffer: the default (128 KiB, zeroed before reads) dominated memory per
-    // connection and CPU. Frames larger than it are still read, in several reads.
-    ws.max_message_size(max).max_frame_size(max).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(
-        move |socket| {
+    // Small buffers: the defaults (128 KiB each; the read buffer zeroed before reads)
+    // dominated memory per connection and CPU (BENCHMARKS.md, sittings A and G).
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .on_upgrade(move |socket| {
             let tracker = node.tracker.clone();
             tracker.track_future(async move {
                 counter!(names::CONNECTIONS_OPENED).increment(1);
@@ -57,8 +66,7 @@ async fn upgrade(
                 gauge!(names::CONNECTIONS).decrement(1.0);
                 drop(slot);
             })
-        },
-    )
+        })
 }
 
 async fn healthz() -> &'static str {
