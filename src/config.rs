@@ -183,6 +183,13 @@ pub struct Config {
     /// Timeout of one Redis command, in ms; past it the outcome counts as unknown.
     #[arg(long, env = "GAMERELAY_REDIS_TIMEOUT_MS", default_value_t = 1_000)]
     pub redis_timeout_ms: u64,
+
+    /// DELIBERATELY BROKEN (builds with the `fault-injection` feature only): a room restored
+    /// after a failover forgets the log after its last snapshot, losing acknowledged changes.
+    /// Exists so the chaos checker can prove it catches such a bug.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true)]
+    pub unsafe_restore_without_log: bool,
 }
 
 /// A configuration value that makes no sense.
