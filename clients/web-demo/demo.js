@@ -81,13 +81,17 @@ function attach(room) {
   });
   room.on("disconnected", (d) => log(`connection lost${d.code ? ` (${d.code})` : ""}: ${d.reason}`));
   room.on("resumed", (r) => {
+    scoresDirty = true;
     demo.resumes.push({ at: Date.now(), node: r.node, withSnapshot: r.withSnapshot, downtimeMs: r.downtimeMs });
     const how = r.withSnapshot ? "snapshot" : "missed deltas";
     setStatus("connected", `resumed on ${r.node} (${how}, ${(r.downtimeMs / 1000).toFixed(1)} s)`, r.node);
     log(`resumed on ${r.node} with ${how} after ${Math.round(r.downtimeMs)} ms`);
   });
   room.on("pong", (rtt) => (els.ping.textContent = `ping ${rtt.toFixed(1)} ms`));
-  room.on("presence", (p) => log(`${labelOf(p.player)} ${p.status}`));
+  room.on("presence", (p) => {
+    log(`${labelOf(p.player)} ${p.status}`);
+    scoresDirty = true;
+  });
   room.on("error", (e) => log(`${e.code}: ${e.message}`));
   room.on("closed", (e) => {
     demo.room = null;
@@ -175,8 +179,8 @@ let scoresDirty = true;
 const drawn = new Map(); // player -> {x, y} as drawn (eased toward the mirror)
 
 function colorOf(id) {
-  let h = 0;
-  for (const c of id) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+  let h = 0x811c9dc5; // FNV-1a: similar ids get different hues
+  for (const c of id) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0;
   return `hsl(${h % 360} 70% 60%)`;
 }
 
