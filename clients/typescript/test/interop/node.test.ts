@@ -3,10 +3,12 @@
 
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createServer } from "node:net";
 import { join as joinPath } from "node:path";
 import { after, before, test } from "node:test";
+import { pathToFileURL } from "node:url";
 import WebSocket from "ws";
 import { Client, type Room } from "../../src/room.js";
 import { JoinError, RejectedError } from "../../src/errors.js";
@@ -185,4 +187,35 @@ test("arena: moves are clamped by the server, scores are server-owned, leaving r
   await a.leave();
   await eventually("b sees a's entry removed", () => entries.has(a.player) && entries.get(a.player) === undefined);
   assert.equal(b.get(`players/${a.player}`), undefined);
+});
+
+test("the ten-line example of README.md runs as written", async () => {
+  const readme = readFileSync(joinPath(repoRoot(), "clients", "typescript", "README.md"), "utf8");
+  const block = /## Ten lines\n\n```ts\n([\s\S]*?)```/.exec(readme)?.[1];
+  assert.ok(block, "README.md has a ts block under `## Ten lines`");
+  assert.ok(block.trim().split("\n").length <= 10, "ten lines at most");
+  const index = pathToFileURL(joinPath(repoRoot(), "clients", "typescript", "build-test", "src", "index.js")).href;
+  const roomId = roomName("readme");
+  const code = block
+    .replace(`from "gamerelay-client"`, `from ${JSON.stringify(index)}`)
+    .replace(`"ws://localhost:8080/ws"`, JSON.stringify(url))
+    .replace(`"arena-1"`, JSON.stringify(roomId));
+  const file = joinPath(tmpdir(), `gamerelay-readme-${process.pid}.mjs`);
+  writeFileSync(file, code);
+  const lines: string[] = [];
+  const log = console.log;
+  const hadWs = "WebSocket" in globalThis;
+  const g = globalThis as { WebSocket?: unknown };
+  if (!hadWs) g.WebSocket = WebSocket; // Node 20 has no WebSocket global
+  console.log = (...args: unknown[]) => void lines.push(args.map((a) => (typeof a === "string" ? a : JSON.stringify(a))).join(" "));
+  try {
+    await import(pathToFileURL(file).href);
+  } finally {
+    console.log = log;
+    if (!hadWs) delete g.WebSocket;
+    rmSync(file, { force: true });
+  }
+  assert.ok(lines.some((l) => /^p-[0-9a-f]{12} \{.*"score":0/.test(l)), `the player listener ran: ${lines.join("\n")}`);
+  assert.ok(lines.includes("closed interop-node"), `the status listener saw the leave: ${lines.join("\n")}`);
+  assert.ok(lines.some((l) => /^moved at seq \d+ to \{/.test(l)), `the move was applied: ${lines.join("\n")}`);
 });
