@@ -2443,7 +2443,7 @@ var DEFAULT_RECONNECT = {
   initialDelayMs: 100,
   maxDelayMs: 5e3,
   jitter: 0.5,
-  maxAttempts: Infinity
+  maxAttempts: 60
 };
 var ROOM_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 function now() {
@@ -2854,7 +2854,7 @@ var Room = class extends Emitter {
         this.mirror.setMembers(m.members);
         this.installSnapshot(m.snapshot);
         this.emit("snapshot", m.snapshot, "resync");
-        for (const p of this.pending.values()) if (p.cid <= m.cid) this.ws?.send(p.frame);
+        for (const p of this.pending.values()) this.ws?.send(p.frame);
         return true;
       case "ack":
         this.settle(m.cid, { cid: m.cid, seq: m.seq });

@@ -54,7 +54,11 @@ export interface ReconnectOptions {
   maxDelayMs: number;
   /** Fraction of each wait that is random, 0..1. Default 0.5 (waits 50-100 % of it). */
   jitter: number;
-  /** Give up after this many failed attempts in a row. Default Infinity. */
+  /**
+   * Give up after this many failed attempts in a row. Default 60 (minutes of trying with the
+   * default delays; a node's reconnect grace is 30 s by default, after which a resume gets
+   * `session_expired` anyway). Infinity keeps trying.
+   */
   maxAttempts: number;
 }
 
@@ -129,7 +133,7 @@ const DEFAULT_RECONNECT: ReconnectOptions = {
   initialDelayMs: 100,
   maxDelayMs: 5000,
   jitter: 0.5,
-  maxAttempts: Infinity,
+  maxAttempts: 60,
 };
 
 interface Settings {
@@ -618,9 +622,11 @@ export class Room extends Emitter<RoomEvents> {
         this.mirror.setMembers(m.members);
         this.installSnapshot(m.snapshot);
         this.emit("snapshot", m.snapshot, "resync");
-        // Acks and rejects may have been dropped while lagging: re-send the batches the room
-        // may have seen (cid <= resync.cid) to learn their outcome; later ones are in flight.
-        for (const p of this.pending.values()) if (p.cid <= m.cid) this.ws?.send(p.frame);
+        // Acks and rejects may have been dropped while lagging: re-send every unsettled batch
+        // with its cid (§13). Applied ones get `ack`, refused ones `reject` again, and one
+        // still in flight is applied once (its retry gets `ack`). Not only cids <= m.cid: a
+        // rejected batch above it would otherwise wait forever.
+        for (const p of this.pending.values()) this.ws?.send(p.frame);
         return true;
       case "ack":
         this.settle(m.cid, { cid: m.cid, seq: m.seq });

@@ -163,6 +163,29 @@ test("a gap resumes at once asking for a snapshot, which replaces the state", as
   assert.deepEqual(snapshots, ["resumed"]);
 });
 
+test("a resync replaces the state and re-sends every unsettled batch, also above resync.cid", async () => {
+  const { room, conns } = await joinScripted((c) => {
+    c.send(welcome("n"));
+    c.send(joined(false, 0, snap(1, 5, { a: 1 })));
+  });
+  const one = room.set("x", 1);
+  const two = room.set("y", 2);
+  await eventually("both batches sent", () => conns[0]!.got.length === 4);
+  // The room applied cid 2 and refused cid 1, but both answers were dropped while we lagged.
+  conns[0]!.send({ t: "resync", room: "r1", snapshot: snap(1, 9, { a: 1, y: 2 }), cid: 2, members: [{ player: "p-1", status: "joined" }] });
+  await eventually("both re-sent", () => conns[0]!.got.length === 6);
+  assert.deepEqual(
+    conns[0]!.got.slice(4).map((m) => (m as { cid: number }).cid),
+    [1, 2],
+  );
+  assert.deepEqual(room.state, { a: 1, y: 2 });
+  assert.deepEqual(room.position, { epoch: 1, seq: 9 });
+  conns[0]!.send({ t: "reject", cid: 1, code: "forbidden", message: "no" });
+  conns[0]!.send({ t: "ack", cid: 2, seq: 8 });
+  await assert.rejects(one, (e: unknown) => e instanceof Error && (e as { code?: string }).code === "forbidden");
+  assert.deepEqual(await two, { cid: 2, seq: 8 });
+});
+
 test("session_expired on a resume closes the room with SessionExpiredError", async () => {
   const { room, conns } = await joinScripted((c, i) => {
     c.send(welcome("n"));
