@@ -2527,6 +2527,8 @@ var Room = class extends Emitter {
   pings = /* @__PURE__ */ new Map();
   nextPingId = 1;
   lastRx = 0;
+  /** When the oldest keepalive ping still waiting for any answer was sent, or null. */
+  probeSentAt = null;
   keepalive = null;
   timers = /* @__PURE__ */ new Set();
   abortHandshake = null;
@@ -2975,19 +2977,27 @@ var Room = class extends Emitter {
   }
   startKeepalive() {
     this.stopKeepalive();
-    const every = this.settings.pingIntervalMs > 0 ? this.settings.pingIntervalMs : this.settings.idleTimeoutMs / 2;
+    this.probeSentAt = null;
+    const idle = this.settings.idleTimeoutMs;
+    const every = this.settings.pingIntervalMs > 0 ? Math.min(this.settings.pingIntervalMs, idle / 2) : idle / 2;
     this.keepalive = setInterval(() => {
       if (!this.ws || !this.connected) return;
       const t = now();
-      if (t - this.lastRx > this.settings.idleTimeoutMs) {
-        this.lost(null, `nothing received for ${this.settings.idleTimeoutMs} ms`, null);
-        return;
+      if (this.probeSentAt !== null) {
+        if (this.lastRx >= this.probeSentAt) this.probeSentAt = null;
+        else if (t - this.probeSentAt > idle) {
+          this.lost(null, `nothing received for ${idle} ms after a ping`, null);
+          return;
+        }
       }
       for (const [id, wait] of this.pings) {
-        if (!wait.settle && t - wait.sent > this.settings.idleTimeoutMs) this.pings.delete(id);
+        if (!wait.settle && t - wait.sent > idle) this.pings.delete(id);
       }
-      if (this.settings.pingIntervalMs > 0 || t - this.lastRx > this.settings.idleTimeoutMs / 2) this.sendPing();
-    }, Math.min(every, this.settings.idleTimeoutMs / 2));
+      if (this.settings.pingIntervalMs > 0 || t - this.lastRx > idle / 2) {
+        this.sendPing();
+        if (this.probeSentAt === null) this.probeSentAt = t;
+      }
+    }, every);
   }
   stopKeepalive() {
     if (this.keepalive !== null) clearInterval(this.keepalive);

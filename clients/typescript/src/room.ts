@@ -74,7 +74,7 @@ export interface ClientOptions {
   handshakeTimeoutMs?: number;
   /** Interval of `ping` messages (keepalive and round-trip time). Default 5000 ms; 0 disables. */
   pingIntervalMs?: number;
-  /** A connection on which nothing arrives this long is treated as lost. Default 20000 ms. */
+  /** A ping unanswered this long (nothing at all received) means the connection is lost. Default 20000 ms. */
   idleTimeoutMs?: number;
   /** Most op batches sent and not yet settled. Default 1024. */
   maxPendingOps?: number;
@@ -253,6 +253,8 @@ export class Room extends Emitter<RoomEvents> {
   private readonly pings = new Map<number, PingWait>();
   private nextPingId = 1;
   private lastRx = 0;
+  /** When the oldest keepalive ping still waiting for any answer was sent, or null. */
+  private probeSentAt: number | null = null;
   private keepalive: ReturnType<typeof setInterval> | null = null;
   private readonly timers = new Set<ReturnType<typeof setTimeout>>();
   private abortHandshake: (() => void) | null = null;
@@ -752,19 +754,30 @@ export class Room extends Emitter<RoomEvents> {
 
   private startKeepalive(): void {
     this.stopKeepalive();
-    const every = this.settings.pingIntervalMs > 0 ? this.settings.pingIntervalMs : this.settings.idleTimeoutMs / 2;
+    this.probeSentAt = null;
+    const idle = this.settings.idleTimeoutMs;
+    const every = this.settings.pingIntervalMs > 0 ? Math.min(this.settings.pingIntervalMs, idle / 2) : idle / 2;
     this.keepalive = setInterval(() => {
       if (!this.ws || !this.connected) return;
       const t = now();
-      if (t - this.lastRx > this.settings.idleTimeoutMs) {
-        this.lost(null, `nothing received for ${this.settings.idleTimeoutMs} ms`, null);
-        return;
+      // Lost = a ping unanswered (and nothing else received) for the idle timeout. Counted from
+      // the ping, not from the last frame: browsers throttle timers in background tabs, and a
+      // late tick must not be mistaken for a silent connection.
+      if (this.probeSentAt !== null) {
+        if (this.lastRx >= this.probeSentAt) this.probeSentAt = null;
+        else if (t - this.probeSentAt > idle) {
+          this.lost(null, `nothing received for ${idle} ms after a ping`, null);
+          return;
+        }
       }
       for (const [id, wait] of this.pings) {
-        if (!wait.settle && t - wait.sent > this.settings.idleTimeoutMs) this.pings.delete(id);
+        if (!wait.settle && t - wait.sent > idle) this.pings.delete(id);
       }
-      if (this.settings.pingIntervalMs > 0 || t - this.lastRx > this.settings.idleTimeoutMs / 2) this.sendPing();
-    }, Math.min(every, this.settings.idleTimeoutMs / 2));
+      if (this.settings.pingIntervalMs > 0 || t - this.lastRx > idle / 2) {
+        this.sendPing();
+        if (this.probeSentAt === null) this.probeSentAt = t;
+      }
+    }, every);
   }
 
   private stopKeepalive(): void {

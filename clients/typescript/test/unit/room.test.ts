@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import WebSocket, { WebSocketServer } from "ws";
-import { backoffDelay, Client, type Room } from "../../src/room.js";
+import { backoffDelay, Client, type ClientOptions, type Room } from "../../src/room.js";
 import { ClosedError, retryHint, SessionExpiredError, shouldReconnect } from "../../src/errors.js";
 import { decodeClient, decodeValue, encodeMessage, type ClientMessage, type ServerMessage, type Snapshot } from "../../src/protocol.js";
 import { stateHash, type Value, type ValueMap } from "../../src/values.js";
@@ -55,9 +55,9 @@ function joined(resumed: boolean, cid: number, snapshot: Snapshot | null): Serve
 const cleanups: (() => void)[] = [];
 after(() => cleanups.forEach((f) => f()));
 
-async function joinScripted(onConn: (c: Conn, index: number) => void): Promise<{ room: Room; conns: Conn[] }> {
+async function joinScripted(onConn: (c: Conn, index: number) => void, options: ClientOptions = {}): Promise<{ room: Room; conns: Conn[] }> {
   const server = await scriptedServer(onConn);
-  const client = new Client(server.url, { WebSocket: WebSocket as never, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } });
+  const client = new Client(server.url, { WebSocket: WebSocket as never, reconnect: { initialDelayMs: 10, maxDelayMs: 50 }, ...options });
   const room = await client.join("r1", { type: "doc", token: "tok", fields: { auth: "jwt-here" } });
   room.on("error", () => {});
   cleanups.push(() => room.close(), server.close);
@@ -197,6 +197,29 @@ test("session_expired on a resume closes the room with SessionExpiredError", asy
   const err = await closed;
   assert.ok(err instanceof SessionExpiredError);
   assert.equal(room.status.state, "closed");
+});
+
+test("a connection whose pings go unanswered is replaced; one that answers late is kept", async () => {
+  let answer = false;
+  const { room, conns } = await joinScripted(
+    (c, i) => {
+      c.send(welcome(`n${i}`));
+      c.send(joined(i > 0, 0, i === 0 ? snap(1, 1, {}) : null));
+      c.ws.on("message", (data: Buffer) => {
+        const m = decodeClient(new Uint8Array(data));
+        if (m.t === "ping" && (answer || i > 0)) setTimeout(() => c.send({ t: "pong", id: m.id ?? 0, time: Date.now() }), 60);
+      });
+    },
+    { pingIntervalMs: 40, idleTimeoutMs: 150 },
+  );
+  const rtts: number[] = [];
+  room.on("pong", (rtt) => rtts.push(rtt));
+  await eventually("the silent connection is replaced", () => conns.length === 2 && room.connected, 3000);
+  answer = true;
+  await eventually("pongs measured", () => rtts.length >= 3, 3000);
+  assert.ok(rtts.every((r) => r >= 50), `rtts ${rtts}`);
+  await new Promise((r) => setTimeout(r, 400));
+  assert.equal(conns.length, 2, "pongs 60 ms late within a 150 ms timeout keep the connection");
 });
 
 test("requests are checked before they are sent", async () => {
