@@ -7,7 +7,8 @@
 //   page A connects through HAProxy, page B directly to another node (a relayed member);
 //   B moves with the arrow keys and A sees it; A walks to a gem (click) and scores;
 //   the node serving A is killed (SIGKILL); A reconnects through HAProxy and resumes;
-//   both pages then show the positions and scores of before the kill, and what happens after.
+//   both pages then show the positions and scores of before the kill, and what happens after
+//   (A moves with the keys, B, a touch device, taps where to go).
 // With --kills N the kill is repeated N times (the killed node is restarted after each) and
 // the kill -> resumed times are reported with their median. Screenshots go to --out
 // (default .tmp/web-e2e). Exits non-zero on any failed check; every wait has a deadline.
@@ -137,9 +138,13 @@ async function main() {
   const room = `e2e-${process.pid}-${Date.now().toString(36)}`;
 
   browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ["--no-sandbox", "--disable-dev-shm-usage"] });
-  const context = await browser.newContext({ viewport: { width: 1000, height: 720 } });
+  // Page B is a touch device (taps and drags are pointer events of type touch).
+  const contexts = {
+    alice: await browser.newContext({ viewport: { width: 1000, height: 720 } }),
+    bob: await browser.newContext({ viewport: { width: 1000, height: 720 }, hasTouch: true }),
+  };
   const open = async (servedBy, ws, name) => {
-    const page = await context.newPage();
+    const page = await contexts[name].newPage();
     const errors = [];
     page.on("pageerror", (e) => errors.push(String(e)));
     page.errors = errors;
@@ -254,6 +259,15 @@ async function main() {
     [va, vb] = await converged(a, b, "B sees A's move after the resume");
     check(vb.players[va0.player].y === va.players[va0.player].y, "B shows A's new y");
     check(vb.players[va0.player].y !== aNow.y, "A's y changed after the resume");
+    // B taps the field (touch) and walks there; A sees it.
+    const bNow = vb.players[vb0.player];
+    const goal = { x: bNow.x < 500 ? bNow.x + 200 : bNow.x - 200, y: bNow.y };
+    const box = await b.locator("#field").boundingBox();
+    await b.bringToFront();
+    await b.touchscreen.tap(box.x + (goal.x / 1000) * box.width, box.y + (goal.y / 1000) * box.height);
+    await until("B walks to where it tapped", async () => Math.abs((await view(b)).players[vb0.player].x - goal.x) < 5);
+    [va, vb] = await converged(a, b, "A sees B's touch move");
+    check(va.players[vb0.player].x === vb.players[vb0.player].x, "A shows B's x after the tap");
     await screenshot(b, `B-sees-A-after-round${round}`);
   }
 
