@@ -14,7 +14,7 @@
 // (default .tmp/web-e2e). Exits non-zero on any failed check; every wait has a deadline.
 
 import { execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -37,6 +37,8 @@ const snapshotIntervalMs = 200;
 const budgetMs = 60_000 + kills * 30_000;
 
 mkdirSync(out, { recursive: true });
+// Artifacts of an earlier run would be mistaken for this one's.
+for (const f of readdirSync(out)) if (/\.(png|json)$/.test(f)) rmSync(join(out, f));
 const t0 = Date.now();
 const say = (msg) => console.log(`[web-e2e +${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}`);
 
