@@ -1,13 +1,14 @@
 //! HTTP routes of a node: `GET /ws` (the WebSocket upgrade), `GET /healthz` (the process
 //! is alive), `GET /readyz` (it accepts new players: 503 while draining), `GET /metrics`
-//! (Prometheus text). Owns the connection limit; everything after the upgrade belongs to
+//! (Prometheus text), `GET /demo` (the browser arena demo, static files embedded in the
+//! binary). Owns the connection limit; everything after the upgrade belongs to
 //! [`crate::session`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -34,6 +35,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/demo", get(demo_index))
+        .route("/demo/", get(demo_index))
+        .route("/demo/{file}", get(demo_file))
         .with_state(node)
 }
 
@@ -86,4 +90,35 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics_text() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], telemetry::render()).into_response()
+}
+
+/// The files of `clients/web-demo`, compiled into the binary so `/demo` works from the
+/// binary alone: (name, content type, bytes). The page refers to them as `/demo/<name>`.
+const DEMO_FILES: [(&str, &str, &[u8]); 4] = [
+    ("index.html", "text/html; charset=utf-8", include_bytes!("../clients/web-demo/index.html")),
+    ("demo.js", "text/javascript; charset=utf-8", include_bytes!("../clients/web-demo/demo.js")),
+    ("style.css", "text/css; charset=utf-8", include_bytes!("../clients/web-demo/style.css")),
+    (
+        "gamerelay-client.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../clients/web-demo/gamerelay-client.js"),
+    ),
+];
+
+fn demo_response(name: &str) -> Response {
+    match DEMO_FILES.iter().find(|(file, _, _)| *file == name) {
+        Some((_, content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, *content_type), (header::CACHE_CONTROL, "no-cache")], *bytes)
+                .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no such demo file\n").into_response(),
+    }
+}
+
+async fn demo_index() -> Response {
+    demo_response("index.html")
+}
+
+async fn demo_file(Path(file): Path<String>) -> Response {
+    demo_response(&file)
 }

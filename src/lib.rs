@@ -18,7 +18,7 @@
 //!             that forwards commands to a room's owner and its frames to other nodes.
 //! session/    one task per WebSocket connection: handshake, join/resume, reading ops,
 //!             the bounded outbound queue and its writer, keepalive, close codes.
-//! gateway.rs  HTTP routes: /ws upgrade, /healthz, /readyz, /metrics.
+//! gateway.rs  HTTP routes: /ws upgrade, /healthz, /readyz, /metrics, /demo (embedded).
 //! server.rs   wires it together: `Server::bind` then `run` until a shutdown signal.
 //! ```
 //!
