@@ -149,6 +149,15 @@ pub struct RedisBackplane {
     /// Unix ms of the last successful Redis round trip of the renewer.
     last_ok_ms: AtomicU64,
     scripts: Scripts,
+    /// Which Redis process this node talks to, to notice a restart.
+    redis_run: std::sync::Mutex<RedisRun>,
+}
+
+/// The Redis process (its `run_id`) and when this node saw it change.
+#[derive(Default)]
+struct RedisRun {
+    id: Option<String>,
+    restarted_at: Option<Instant>,
 }
 
 struct Scripts {
@@ -195,6 +204,7 @@ impl RedisBackplane {
             lease_conn,
             owned: DashMap::new(),
             last_ok_ms: AtomicU64::new(unix_ms()),
+            redis_run: std::sync::Mutex::new(RedisRun::default()),
             scripts: Scripts {
                 claim: Script::new(CLAIM),
                 renew: Script::new(RENEW),
@@ -295,6 +305,35 @@ impl RedisBackplane {
 
     /// Records a won claim (`won == 1`, `value` = the new epoch) as owned, with fresh
     /// tokens; a lost one (`value` = the holder) is `OwnedElsewhere`.
+    /// How long claims of rooms Redis has no keys for are held back after a Redis restart:
+    /// long enough for every owner to notice (it renews every third of the lease) and write
+    /// its room back from memory, so no other node starts such a room empty meanwhile.
+    fn reseed_window(&self) -> Duration {
+        self.settings.lease_ttl * 2
+    }
+
+    /// Reads Redis's `run_id`; a change from the one seen before means Redis restarted (and,
+    /// without persistence, lost every key). Returns how much of the reseed window is left.
+    async fn reseed_hold(&self) -> Result<Option<Duration>, BackplaneError> {
+        let mut conn = self.conn.clone();
+        let info: String =
+            redis::cmd("INFO").arg("server").query_async(&mut conn).await.map_err(unavailable)?;
+        let run_id = info.lines().find_map(|l| l.strip_prefix("run_id:")).map(|s| s.trim().to_owned());
+        let mut run = self.redis_run.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(id) = run_id {
+            if run.id.as_ref().is_some_and(|known| *known != id) {
+                tracing::warn!(
+                    window_ms = self.reseed_window().as_millis() as u64,
+                    "Redis restarted (its run_id changed): rooms it has no keys for are not \
+                     claimed until their owners had time to write them back"
+                );
+                run.restarted_at = Some(Instant::now());
+            }
+            run.id = Some(id);
+        }
+        Ok(run.restarted_at.and_then(|at| self.reseed_window().checked_sub(at.elapsed())))
+    }
+
     fn take_ownership(
         &self,
         room: &str,
@@ -427,6 +466,11 @@ async fn renewer(backplane: std::sync::Weak<RedisBackplane>, shutdown: Cancellat
     loop {
         let Some(b) = backplane.upgrade() else { return };
         let period = b.settings.lease_ttl / 3;
+        // Keeps the Redis run_id current, so that a restart is noticed even by a node that
+        // claims nothing until after it.
+        if let Err(e) = b.reseed_hold().await {
+            tracing::debug!(error = %e, "INFO server failed");
+        }
         b.renew_all().await;
         drop(b);
         tokio::select! {
@@ -454,6 +498,19 @@ impl Backplane for RedisBackplane {
     async fn claim(&self, room: &str, _room_type: &str) -> Result<Claim, BackplaneError> {
         let started = Instant::now();
         let mut conn = self.conn.clone();
+        if let Some(left) = self.reseed_hold().await? {
+            let known: bool = redis::cmd("EXISTS")
+                .arg(self.keys.epoch(room))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if !known {
+                return Err(BackplaneError::Unavailable(format!(
+                    "Redis restarted; waiting {} ms for the room's owner to write it back",
+                    left.as_millis()
+                )));
+            }
+        }
         let claimed: redis::RedisResult<(i64, String)> = self
             .scripts
             .claim

@@ -19,6 +19,19 @@ pub enum FaultKind {
     Kill,
     /// SIGSTOP a node for longer than the lease, then SIGCONT (a split-brain attempt).
     Pause,
+    /// Cut every client connection HAProxy holds to a node (HAProxy's runtime API:
+    /// `shutdown sessions server`); the clients reconnect and resume.
+    Drop,
+    /// `kill -9` Redis and start it again at once, empty (the owners write their rooms back
+    /// from memory).
+    RedisRestart,
+}
+
+impl FaultKind {
+    /// Whether the fault targets one node (else the cluster's Redis).
+    pub fn targets_node(self) -> bool {
+        !matches!(self, FaultKind::RedisRestart)
+    }
 }
 
 /// A running local cluster.
@@ -90,6 +103,38 @@ impl Cluster {
                 tokio::time::sleep(lease + Duration::from_millis(1500)).await;
                 self.signal(node, "CONT").await
             }
+            FaultKind::Drop => {
+                let cmds = format!(
+                    "shutdown sessions server ws_any/{node}; shutdown sessions server ws_room/{node}\n"
+                );
+                self.haproxy(&cmds).await
+            }
+            FaultKind::RedisRestart => {
+                // Started again at once: the outage stays well inside the two thirds of a
+                // lease an owner waits before it stops owning (a longer outage that also
+                // loses Redis's data loses the rooms: docs/ARCHITECTURE.md, known limits).
+                self.signal("redis", "KILL").await?;
+                self.start("redis").await
+            }
+        }
+    }
+
+    /// Sends commands to HAProxy's runtime API (the cluster's `haproxy.sock`); fails on any
+    /// answer other than empty lines.
+    async fn haproxy(&self, cmds: &str) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let path = self.dir.join("haproxy.sock");
+        let mut sock =
+            tokio::net::UnixStream::connect(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+        sock.write_all(cmds.as_bytes()).await.map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), sock.read_to_string(&mut answer))
+            .await
+            .map_err(|_| "HAProxy's runtime API did not answer in 5 s".to_string())?
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match answer.trim() {
+            "" => Ok(()),
+            other => Err(format!("HAProxy: {other}")),
         }
     }
 }

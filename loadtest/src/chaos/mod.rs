@@ -57,7 +57,12 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Fault kinds to pick from (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [FaultKind::Kill, FaultKind::Pause])]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = [FaultKind::Kill, FaultKind::Pause, FaultKind::Drop, FaultKind::RedisRestart]
+    )]
     pub faults: Vec<FaultKind>,
     /// Seconds between the end of one fault and the start of the next.
     #[arg(long, default_value_t = 6.0)]
@@ -329,7 +334,11 @@ async fn inject_faults(cluster: &Cluster, args: &ChaosArgs, end: Instant, t0: In
     loop {
         time::sleep(gap).await;
         let kind = args.faults[rng.below(args.faults.len())];
-        let node = cluster.nodes[rng.below(cluster.nodes.len())].clone();
+        let node = if kind.targets_node() {
+            cluster.nodes[rng.below(cluster.nodes.len())].clone()
+        } else {
+            "redis".to_string()
+        };
         let worst = lease + Duration::from_secs(3);
         if Instant::now() + worst >= end {
             break;
