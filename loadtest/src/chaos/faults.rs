@@ -25,12 +25,22 @@ pub enum FaultKind {
     /// `kill -9` Redis and start it again at once, empty (the owners write their rooms back
     /// from memory).
     RedisRestart,
+    /// Cut a node off Redis silently (its Redis proxy stops forwarding: a black hole) for
+    /// the lease plus 1.5 s, while its players stay connected; then heal.
+    RedisCut,
+    /// Reset every Redis connection of a node (TCP RST from its Redis proxy).
+    RedisReset,
 }
 
 impl FaultKind {
     /// Whether the fault targets one node (else the cluster's Redis).
     pub fn targets_node(self) -> bool {
         !matches!(self, FaultKind::RedisRestart)
+    }
+
+    /// Whether the fault needs the cluster's Redis proxies (`scripts/cluster up --redis-proxies`).
+    pub fn needs_redis_proxies(self) -> bool {
+        matches!(self, FaultKind::RedisCut | FaultKind::RedisReset)
     }
 }
 
@@ -42,6 +52,8 @@ pub struct Cluster {
     pub nodes: Vec<String>,
     /// HAProxy's plain WebSocket URL.
     pub ws_url: String,
+    /// Each node's Redis link runs through a proxy the checker controls.
+    pub redis_proxies: bool,
 }
 
 impl Cluster {
@@ -60,7 +72,13 @@ impl Cluster {
         if !script.exists() {
             return Err(format!("{}: not found (--cluster-script)", script.display()));
         }
-        Ok(Cluster { dir: dir.to_path_buf(), script: script.to_path_buf(), nodes, ws_url: get("GR_WS_URL")? })
+        Ok(Cluster {
+            dir: dir.to_path_buf(),
+            script: script.to_path_buf(),
+            nodes,
+            ws_url: get("GR_WS_URL")?,
+            redis_proxies: vars.get("GR_REDIS_PROXIES").is_some_and(|v| v == "true"),
+        })
     }
 
     async fn cluster(&self, args: &[&str]) -> Result<(), String> {
@@ -109,6 +127,13 @@ impl Cluster {
                 );
                 self.haproxy(&cmds).await
             }
+            FaultKind::RedisCut => {
+                let proxy = format!("redis-proxy-{node}");
+                self.signal(&proxy, "USR1").await?;
+                tokio::time::sleep(lease + Duration::from_millis(1500)).await;
+                self.signal(&proxy, "HUP").await
+            }
+            FaultKind::RedisReset => self.signal(&format!("redis-proxy-{node}"), "USR2").await,
             FaultKind::RedisRestart => {
                 // Started again at once: the outage stays well inside the two thirds of a
                 // lease an owner waits before it stops owning (a longer outage that also

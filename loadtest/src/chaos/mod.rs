@@ -61,7 +61,14 @@ pub struct ChaosArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_values_t = [FaultKind::Kill, FaultKind::Pause, FaultKind::Drop, FaultKind::RedisRestart]
+        default_values_t = [
+            FaultKind::Kill,
+            FaultKind::Pause,
+            FaultKind::Drop,
+            FaultKind::RedisRestart,
+            FaultKind::RedisCut,
+            FaultKind::RedisReset,
+        ]
     )]
     pub faults: Vec<FaultKind>,
     /// Seconds between the end of one fault and the start of the next.
@@ -133,6 +140,19 @@ pub async fn run(_common: &Common, args: &ChaosArgs) -> Result<Report, String> {
         return Err("--faults needs at least one kind".into());
     }
     let cluster = Cluster::attach(&args.cluster_dir, &args.cluster_script)?;
+    let mut args = args.clone();
+    if !cluster.redis_proxies {
+        let (kept, dropped): (Vec<FaultKind>, Vec<FaultKind>) =
+            args.faults.iter().partition(|k| !k.needs_redis_proxies());
+        if !dropped.is_empty() {
+            eprintln!("chaos: no Redis proxies in this cluster (scripts/cluster up --redis-proxies): not injecting {dropped:?}");
+        }
+        args.faults = kept;
+    }
+    let args = &args;
+    if args.faults.is_empty() {
+        return Err("no fault kind left to inject".into());
+    }
     let t0 = Instant::now();
     let prefix = format!("chaos{}-{}-", std::process::id(), args.seed);
     eprintln!(
