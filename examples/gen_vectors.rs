@@ -155,7 +155,7 @@ fn messages() -> Vec<MsgVector> {
         ),
         client(
             "join_new_with_token",
-            "A new join carrying an authentication token.",
+            "A new join carrying a join token (a JWT, shortened here; nodes with --auth-key require one).",
             ClientMsg::Join(Join {
                 room: ARENA.into(),
                 room_type: "arena".into(),
@@ -421,7 +421,20 @@ fn messages() -> Vec<MsgVector> {
         server(
             "error",
             "A request failed (here: ops before joining a room).",
-            ServerMsg::Error { code: "not_joined".into(), message: "join a room first".into() },
+            ServerMsg::Error {
+                code: "not_joined".into(),
+                message: "join a room first".into(),
+                retry_ms: None,
+            },
+        ),
+        server(
+            "error_overloaded",
+            "A join shed by an overloaded node, with a retry hint.",
+            ServerMsg::Error {
+                code: "overloaded".into(),
+                message: "this node is past its load limit; retry in 3200 ms, preferably elsewhere".into(),
+                retry_ms: Some(3200),
+            },
         ),
         server(
             "batch",
@@ -881,7 +894,7 @@ const ANNOTATED: [&str; 5] = [
     "server/delta_server",
     "server/joined_resume_deltas",
 ];
-const PLAIN: [&str; 8] = [
+const PLAIN: [&str; 9] = [
     "client/join_new",
     "client/join_resume",
     "client/ops_inc",
@@ -889,6 +902,7 @@ const PLAIN: [&str; 8] = [
     "server/welcome",
     "server/ack",
     "server/reject",
+    "server/error_overloaded",
     "server/batch",
 ];
 
