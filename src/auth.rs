@@ -167,6 +167,16 @@ impl JoinAuth {
     }
 }
 
+/// Signs `claims` with the key `KID:SECRET` (kid in the header), as a game backend would.
+/// For tests and tools: production tokens come from the backend, which holds the key.
+pub fn sign(key_spec: &str, claims: &JoinClaims) -> Result<String, KeySpecError> {
+    let (id, secret) = parse_key_spec(key_spec)?;
+    let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+    header.kid = Some(id.to_owned());
+    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))
+        .map_err(|e| KeySpecError(e.to_string()))
+}
+
 fn check_claims(claims: JoinClaims, room: &str) -> Result<JoinClaims, AuthError> {
     if !is_player_id(&claims.sub) {
         return Err(AuthError::Invalid(format!(
