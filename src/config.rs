@@ -214,9 +214,10 @@ pub struct Config {
     #[arg(long, env = "GAMERELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
     pub max_connections_per_ip: usize,
 
-    /// Proxies (IP or CIDR; repeatable or comma-separated) whose `X-Forwarded-For` header is
-    /// believed: for connections from them, the last address in it is the client's address.
-    /// Default: none (the TCP peer is the client).
+    /// Proxies (IP or CIDR; repeatable or comma-separated) trusted to name the client: their
+    /// connections may start with a PROXY protocol v2 header (HAProxy `send-proxy-v2`), and
+    /// their `X-Forwarded-For` header is believed (its last address). Default: none (the TCP
+    /// peer is the client).
     #[arg(long = "trusted-proxy", env = "GAMERELAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
 

@@ -297,7 +297,11 @@ impl Server {
         };
         // Game traffic is many small frames: send each at once instead of waiting for ACKs
         // (Nagle would add up to a delayed-ACK period, ~40 ms, to deltas).
-        let listener = self.listener.tap_io(|tcp| {
+        // Connections from --trusted-proxy peers may start with a PROXY v2 header naming the
+        // client; the listener reads it, so ConnectInfo carries the client's address.
+        let listener = crate::proxy_protocol::ProxyListener::new(self.listener, node.trusted_proxies.clone())
+            .map_err(ServerError::Serve)?;
+        let listener = listener.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }

@@ -308,6 +308,53 @@ async fn connections_per_client_address_are_limited_and_trusted_proxies_forward_
     server.stop().await;
 }
 
+/// Opens a WebSocket over a TCP connection that starts with a PROXY v2 header naming `src`;
+/// `Err(status)` when the upgrade is refused.
+async fn connect_via_proxy(server: &TestServer, src: &str) -> Result<(), u16> {
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    let header = gamerelay::proxy_protocol::header(src.parse().unwrap(), server.addr);
+    tcp.write_all(&header).await.expect("write header");
+    match tokio_tungstenite::client_async(server.url(), tcp).await {
+        Ok((mut ws, _)) => {
+            use futures_util::SinkExt;
+            let _ = ws
+                .send(tokio_tungstenite::tungstenite::Message::Binary(gamerelay::protocol::encode(
+                    &ClientMsg::Hello { v: 1, client: None },
+                )))
+                .await;
+            // Keep the connection open for the rest of the test.
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                while ws.next().await.is_some() {}
+            });
+            Ok(())
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+/// Contract: a trusted proxy names the client with a PROXY v2 header; the per-address limit
+/// counts that address. From an untrusted peer the header is not honoured.
+#[tokio::test]
+async fn proxy_protocol_v2_from_a_trusted_proxy_names_the_client() {
+    let server = TestServer::start(&["--max-connections-per-ip", "1", "--trusted-proxy", "127.0.0.1"]).await;
+    connect_via_proxy(&server, "198.51.100.7:40000").await.expect("first client");
+    connect_via_proxy(&server, "198.51.100.8:40000").await.expect("another client");
+    assert_eq!(connect_via_proxy(&server, "198.51.100.7:40001").await, Err(429), "same client again");
+    // A trusted proxy may also connect without a header (health checks): it is the client.
+    let mut plain = Raw::connect_with(&server, &[]).await.expect("no header");
+    plain.hello().await;
+    server.stop().await;
+
+    let untrusted = TestServer::start(&["--max-connections-per-ip", "1"]).await;
+    let mut tcp = tokio::net::TcpStream::connect(untrusted.addr).await.expect("connect");
+    let header = gamerelay::proxy_protocol::header("198.51.100.7:1".parse().unwrap(), untrusted.addr);
+    tcp.write_all(&header).await.expect("write header");
+    assert!(tokio_tungstenite::client_async(untrusted.url(), tcp).await.is_err(), "header not honoured");
+    untrusted.stop().await;
+}
+
 /// Contract: with an `Origin` allow-list, browsers from other origins get 403; clients that
 /// send no `Origin` are not affected.
 #[tokio::test]
