@@ -200,6 +200,19 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn every_limit_label_is_documented_in_security_md_and_metrics_md() {
+        let security = include_str!("../docs/SECURITY.md");
+        let metrics = include_str!("../docs/METRICS.md");
+        for label in LIMITS {
+            assert!(security.contains(&format!("(`{label}`)")), "{label} is missing from docs/SECURITY.md");
+            assert!(metrics.contains(&format!("`{label}`")), "{label} is missing from docs/METRICS.md");
+        }
+        for reason in crate::auth::AuthError::LABELS {
+            assert!(security.contains(&format!("`{reason}`")), "{reason} is missing from docs/SECURITY.md");
+        }
+    }
+
+    #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(10, 20, t0);
