@@ -81,7 +81,7 @@ fn check_strings(frame: &[u8]) -> Result<(), &'static str> {
             0xc6 => (take(&mut pos, 4)?, false),
             0xc7 => (take(&mut pos, 1)? + 1, false),
             0xc8 => (take(&mut pos, 2)? + 1, false),
-            0xc9 => (take(&mut pos, 4)? + 1, false),
+            0xc9 => (take(&mut pos, 4)?.saturating_add(1), false),
             0xca | 0xce | 0xd2 => (4, false),
             0xcb | 0xcf | 0xd3 => (8, false),
             0xcc | 0xd0 => (1, false),
@@ -100,11 +100,11 @@ fn check_strings(frame: &[u8]) -> Result<(), &'static str> {
                 (0, false)
             }
             0xde => {
-                pending = pending.saturating_add(2 * take(&mut pos, 2)?);
+                pending = pending.saturating_add(take(&mut pos, 2)?.saturating_mul(2));
                 (0, false)
             }
             0xdf => {
-                pending = pending.saturating_add(2 * take(&mut pos, 4)?);
+                pending = pending.saturating_add(take(&mut pos, 4)?.saturating_mul(2));
                 (0, false)
             }
             0xc1 => return Err("reserved MessagePack marker 0xc1"),
