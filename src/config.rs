@@ -249,6 +249,17 @@ pub struct Config {
     #[arg(long, env = "GAMERELAY_SHED_CONNECTIONS_PERCENT", default_value_t = 90)]
     pub shed_connections_percent: u8,
 
+    /// Overload shedding by CPU: when the node's runtime is late by more than this many ms
+    /// (measured every 100 ms: a saturated or stalled process), joins of new players are
+    /// refused with `overloaded` for --shed-lag-hold-ms. 0 = off (the default: a busy test
+    /// machine or a paused process would shed; enable in production, e.g. 250).
+    #[arg(long, env = "GAMERELAY_SHED_LAG_MS", default_value_t = 0)]
+    pub shed_lag_ms: u64,
+
+    /// How long joins stay shed after the runtime was late past --shed-lag-ms, in ms.
+    #[arg(long, env = "GAMERELAY_SHED_LAG_HOLD_MS", default_value_t = 2_000)]
+    pub shed_lag_hold_ms: u64,
+
     /// Upper bound of the jittered `retry_ms` hint of `overloaded` refusals, in ms.
     #[arg(long, env = "GAMERELAY_SHED_RETRY_MS", default_value_t = 5_000)]
     pub shed_retry_ms: u64,

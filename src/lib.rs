@@ -13,6 +13,7 @@
 //! auth.rs     join tokens (JWT HS256, key rotation): player id and allowed rooms. No I/O.
 //! limits.rs   token bucket, trusted-proxy CIDRs, connections per address, limit metric.
 //! proxy_protocol.rs  PROXY v2 headers from trusted proxies (the client's real address).
+//! load.rs     the runtime's scheduling lag, a load signal for overload shedding.
 //! telemetry/  tracing subscriber, Prometheus recorder, metric names as constants.
 //! room/       rooms: state + ops (no I/O), room types (doc, arena), the per-room actor
 //!             that sequences changes and fans out, the registry of live rooms.
@@ -51,6 +52,8 @@ pub mod config;
 pub mod gateway;
 #[cfg(feature = "server")]
 pub mod limits;
+#[cfg(feature = "server")]
+pub mod load;
 #[cfg(feature = "server")]
 pub mod proxy_protocol;
 #[cfg(feature = "server")]

@@ -26,6 +26,7 @@ use crate::cluster::relay::Relay;
 use crate::config::{Config, ConfigError};
 use crate::gateway;
 use crate::limits::{Cidr, PerIp};
+use crate::load::LagMonitor;
 use crate::room::{Registry, RoomDeps};
 use crate::session::token::SessionKeys;
 use crate::telemetry::{self, HotMetrics};
@@ -64,6 +65,8 @@ pub struct Node {
     pub per_ip: PerIp,
     /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxy`).
     pub trusted_proxies: Vec<Cidr>,
+    /// The runtime's scheduling lag (`--shed-lag-ms`).
+    pub lag: Arc<LagMonitor>,
     connections: Arc<AtomicUsize>,
     next_conn: AtomicU64,
     draining: AtomicBool,
@@ -100,8 +103,11 @@ impl Node {
 
     /// Whether joins of new players are shed (`--shed-connections-percent`).
     /// The joining connection counts: with 90 % of 1000, the 901st connection's join is shed.
+    /// Also while the runtime was recently late past `--shed-lag-ms`.
     pub fn overloaded(&self) -> bool {
-        self.config.shed_connections_percent < 100 && self.open_connections() > self.config.shed_connections()
+        (self.config.shed_connections_percent < 100
+            && self.open_connections() > self.config.shed_connections())
+            || self.lag.shedding(std::time::Instant::now())
     }
 
     /// A jittered retry hint for shed joins.
@@ -213,6 +219,7 @@ impl Server {
         metrics::gauge!(telemetry::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.clone())
             .set(1.0);
         let config_max_per_ip = config.max_connections_per_ip;
+        let (config_shed_lag_ms, config_shed_lag_hold_ms) = (config.shed_lag_ms, config.shed_lag_hold_ms);
         let node = Node {
             config,
             node_id,
@@ -225,6 +232,10 @@ impl Server {
             auth,
             per_ip: PerIp::new(config_max_per_ip),
             trusted_proxies,
+            lag: Arc::new(LagMonitor::new(
+                (config_shed_lag_ms > 0).then(|| std::time::Duration::from_millis(config_shed_lag_ms)),
+                std::time::Duration::from_millis(config_shed_lag_hold_ms),
+            )),
             connections: Arc::new(AtomicUsize::new(0)),
             next_conn: AtomicU64::new(1),
             draining: AtomicBool::new(false),
@@ -262,6 +273,7 @@ impl Server {
                  any client that reaches this address can join any room"
             ),
         }
+        node.lag.spawn(node.shutdown.clone());
         if let Some(ops) = self.ops_listener {
             let ops_app = gateway::ops_router(node.clone());
             let ops_shutdown = node.shutdown.clone();

@@ -1,6 +1,7 @@
-//! Flooding (issue #7, DESIGN.md failure matrix "malformed / oversized / flooding input"):
-//! one connection floods a real node process with op batches and pings as fast as its
-//! socket takes them; the players of another room keep their input-to-echo latency.
+//! Flooding and overload (issue #7, DESIGN.md failure matrix "malformed / oversized /
+//! flooding input"): one connection floods a real node process with op batches and pings as
+//! fast as its socket takes them, and the other players keep their input-to-echo latency; a
+//! node whose runtime stalls turns new players away for a while instead of degrading.
 #![cfg(feature = "server")]
 
 mod support;
@@ -201,4 +202,52 @@ async fn flooded_node_keeps_latency(flood_room: &'static str) {
     let hits = node.metric("gamerelay_limit_hits_total{limit=\"ops_rate\"}").await
         + node.metric("gamerelay_limit_hits_total{limit=\"bytes_rate\"}").await;
     assert!(hits >= limited as f64, "the node counted {hits} rate limit hits, the client saw {limited}");
+}
+
+/// One join attempt of a new player: `Ok(player)` or `Err(code)`.
+async fn try_join(url: &str, room: &str) -> Result<String, (String, Option<u64>)> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    send(&mut ws, &ClientMsg::Hello { v: 1, client: Some("flood-test".into()) }).await;
+    send(&mut ws, &ClientMsg::Join(Join { room: room.into(), room_type: "doc".into(), ..Join::default() }))
+        .await;
+    loop {
+        match next(&mut ws).await.expect("an answer to join") {
+            ServerMsg::Joined { player, .. } => return Ok(player),
+            ServerMsg::Error { code, retry_ms, .. } => return Err((code, retry_ms)),
+            _ => {}
+        }
+    }
+}
+
+/// Contract: with `--shed-lag-ms`, a node whose runtime was late past the threshold (here:
+/// the process was paused for 600 ms) refuses new players with `overloaded` and a retry hint
+/// for `--shed-lag-hold-ms`, then admits them again.
+#[tokio::test]
+async fn a_stalled_node_sheds_new_players_for_a_while() {
+    let mut node =
+        Node::start_embedded("stalled", &["--shed-lag-ms", "200", "--shed-lag-hold-ms", "1500"]).await;
+    try_join(&node.url(), "lag").await.expect("a calm node admits players");
+    node.sigstop();
+    // The stall itself: the node cannot run while stopped.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    node.sigcont();
+    let refused = try_join(&node.url(), "lag").await;
+    match refused {
+        Err((code, retry_ms)) => {
+            assert_eq!(code, "overloaded");
+            assert!(retry_ms.is_some_and(|ms| ms > 0));
+        }
+        Ok(_) => panic!("a join right after a 600 ms stall was admitted"),
+    }
+    // The hold ends: new players are admitted again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match try_join(&node.url(), "lag").await {
+            Ok(_) => break,
+            Err((code, _)) => assert_eq!(code, "overloaded"),
+        }
+        assert!(Instant::now() < deadline, "still shedding long after the hold");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(node.metric("gamerelay_limit_hits_total{limit=\"overload\"}").await >= 1.0);
 }

@@ -72,7 +72,7 @@ pub fn render() -> String {
 fn register_at_zero() {
     use metrics::{counter, gauge};
     use names::*;
-    for name in [CONNECTIONS, ROOMS, PLAYERS] {
+    for name in [CONNECTIONS, ROOMS, PLAYERS, SCHEDULING_LAG] {
         gauge!(name).increment(0.0);
     }
     for name in [
@@ -138,6 +138,11 @@ fn describe() {
     describe_counter!(OPS_REJECTED, "Op batches rejected, by error code");
     describe_counter!(LIMIT_HITS, "Times a limit was hit, by limit");
     describe_counter!(AUTH_FAILURES, "Joins refused for their join token, by reason");
+    describe_gauge!(
+        SCHEDULING_LAG,
+        Unit::Seconds,
+        "How late the runtime woke a 100 ms ticker (latest sample)"
+    );
     describe_counter!(OPS_DUPLICATE, "Retried cids answered with their original ack");
     describe_counter!(DELTAS, "Deltas sequenced");
     describe_counter!(DELIVERIES, "Messages queued to members");

@@ -81,6 +81,9 @@ pub const LIMIT_HITS: &str = "gamerelay_limit_hits_total";
 /// Counter: joins refused for their join token, by `reason` (`missing`, `invalid`,
 /// `expired`, `room_not_allowed`).
 pub const AUTH_FAILURES: &str = "gamerelay_auth_failures_total";
+/// Gauge (seconds): how late the node's runtime woke a task that asked to wake every 100 ms
+/// (the latest sample): CPU saturation or a stalled process. Drives `--shed-lag-ms`.
+pub const SCHEDULING_LAG: &str = "gamerelay_scheduling_lag_seconds";
 /// Gauge: 1, with labels `version` and `node`.
 pub const BUILD_INFO: &str = "gamerelay_build_info";
 
@@ -146,6 +149,7 @@ pub const ALL: &[&str] = &[
     FENCING_REJECTIONS,
     LIMIT_HITS,
     AUTH_FAILURES,
+    SCHEDULING_LAG,
     BUILD_INFO,
     PROCESS_CPU_SECONDS,
     PROCESS_RESIDENT_MEMORY,
