@@ -156,7 +156,6 @@ def query_var(name, label, query, multi, include_all):
         "label": label,
         "type": "query",
         "datasource": DS,
-        "definition": query,
         "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
         "refresh": 2,
         "sort": 1,

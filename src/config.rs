@@ -263,6 +263,13 @@ pub struct Config {
     /// Upper bound of the jittered `retry_ms` hint of `overloaded` refusals, in ms.
     #[arg(long, env = "GAMERELAY_SHED_RETRY_MS", default_value_t = 5_000)]
     pub shed_retry_ms: u64,
+
+    /// DELIBERATELY BROKEN (builds with the `fault-injection` feature only): a room restored
+    /// after a failover forgets the log after its last snapshot, losing acknowledged changes.
+    /// Exists so the chaos checker can prove it catches such a bug.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, hide = true)]
+    pub unsafe_restore_without_log: bool,
 }
 
 /// A configuration value that makes no sense.

@@ -1,7 +1,8 @@
 //! HTTP routes of a node: `GET /ws` (the WebSocket upgrade), `GET /healthz` (the process
 //! is alive), `GET /readyz` (it accepts new players: 503 while draining), `GET /metrics`
-//! (Prometheus text). Owns the limits checked before the upgrade: connections per node and
-//! per client address, and the `Origin` allow-list. Everything after the upgrade belongs to
+//! (Prometheus text), `GET /demo` (the browser arena demo, static files embedded in the
+//! binary). Owns the limits checked before the upgrade: connections per node and per client
+//! address, and the `Origin` allow-list. Everything after the upgrade belongs to
 //! [`crate::session`].
 //!
 //! With `--ops-listen`, [`ops_router`] serves `/metrics`, `/healthz` and `/readyz` on the
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,15 +24,24 @@ use crate::server::Node;
 use crate::session;
 use crate::telemetry::{self, names};
 
-/// Read buffer of each WebSocket connection.
-const READ_BUFFER_BYTES: usize = 4096;
+/// Read buffer of each WebSocket connection: one `read` takes at most this much. It is
+/// allocated per connection for its whole life, so it is small: game input frames are
+/// tens to hundreds of bytes, and a larger frame is still read, in several reads.
+const READ_BUFFER_BYTES: usize = 1024;
+/// Frames queued by the writer are written to the socket once this much is buffered (and
+/// at every flush). tungstenite keeps its write buffer's capacity at its high-water mark, so
+/// this also bounds what a burst (a join's snapshot and presence) leaves allocated.
+const WRITE_BUFFER_BYTES: usize = 1024;
 
 /// The node's router.
 pub fn router(node: Arc<Node>) -> Router {
     let router = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/demo", get(demo_index))
+        .route("/demo/", get(demo_index))
+        .route("/demo/{file}", get(demo_file));
     let router =
         if node.config.ops_listen.is_none() { router.route("/metrics", get(metrics_text)) } else { router };
     router.with_state(node)
@@ -72,10 +82,13 @@ async fn upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "node is at its connection limit").into_response();
     };
     let max = node.config.max_frame_bytes;
-    // A small read buffer: the default (128 KiB, zeroed before reads) dominated memory per
-    // connection and CPU. Frames larger than it are still read, in several reads.
-    ws.max_message_size(max).max_frame_size(max).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(
-        move |socket| {
+    // Small buffers: the defaults (128 KiB each; the read buffer zeroed before reads)
+    // dominated memory per connection and CPU (BENCHMARKS.md, sittings A and G).
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .on_upgrade(move |socket| {
             let tracker = node.tracker.clone();
             tracker.track_future(async move {
                 counter!(names::CONNECTIONS_OPENED).increment(1);
@@ -85,8 +98,7 @@ async fn upgrade(
                 drop(slot);
                 drop(ip_slot);
             })
-        },
-    )
+        })
 }
 
 /// Whether the request's `Origin` (if any) is allowed: no list allows every origin; a
@@ -118,4 +130,35 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics_text() -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], telemetry::render()).into_response()
+}
+
+/// The files of `clients/web-demo`, compiled into the binary so `/demo` works from the
+/// binary alone: (name, content type, bytes). The page refers to them as `/demo/<name>`.
+const DEMO_FILES: [(&str, &str, &[u8]); 4] = [
+    ("index.html", "text/html; charset=utf-8", include_bytes!("../clients/web-demo/index.html")),
+    ("demo.js", "text/javascript; charset=utf-8", include_bytes!("../clients/web-demo/demo.js")),
+    ("style.css", "text/css; charset=utf-8", include_bytes!("../clients/web-demo/style.css")),
+    (
+        "gamerelay-client.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../clients/web-demo/gamerelay-client.js"),
+    ),
+];
+
+fn demo_response(name: &str) -> Response {
+    match DEMO_FILES.iter().find(|(file, _, _)| *file == name) {
+        Some((_, content_type, bytes)) => {
+            ([(header::CONTENT_TYPE, *content_type), (header::CACHE_CONTROL, "no-cache")], *bytes)
+                .into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no such demo file\n").into_response(),
+    }
+}
+
+async fn demo_index() -> Response {
+    demo_response("index.html")
+}
+
+async fn demo_file(Path(file): Path<String>) -> Response {
+    demo_response(&file)
 }

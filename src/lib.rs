@@ -23,7 +23,7 @@
 //! session/    one task per WebSocket connection: handshake, join/resume, reading ops,
 //!             the bounded outbound queue and its writer, keepalive, close codes.
 //! gateway.rs  HTTP routes: /ws upgrade (origin, connection limits), /healthz, /readyz,
-//!             /metrics; the optional operator listener.
+//!             /metrics, /demo (embedded); the optional operator listener.
 //! server.rs   wires it together: `Server::bind` then `run` until a shutdown signal.
 //! ```
 //!

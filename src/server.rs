@@ -181,6 +181,10 @@ impl Server {
                     timeout: config.redis_timeout(),
                     room_key_ttl: std::time::Duration::from_millis(config.room_key_ttl_ms),
                     keep_below_snapshot: config.delta_ring as u64,
+                    #[cfg(feature = "fault-injection")]
+                    unsafe_restore_without_log: config.unsafe_restore_without_log,
+                    #[cfg(not(feature = "fault-injection"))]
+                    unsafe_restore_without_log: false,
                 };
                 let backplane =
                     RedisBackplane::connect(settings, incarnation.clone(), shutdown.clone()).await?;

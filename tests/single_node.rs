@@ -493,3 +493,37 @@ async fn http_endpoints_report_health_readiness_and_metrics() {
     drop(a);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_browser_demo_is_served_from_the_binary() {
+    let server = TestServer::start(&[]).await;
+    let get = |path: &'static str| {
+        let addr = server.addr;
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.expect("write");
+            let mut body = String::new();
+            s.read_to_string(&mut body).await.expect("read");
+            body
+        }
+    };
+    let page = get("/demo").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.to_ascii_lowercase().contains("content-type: text/html"), "{page}");
+    assert!(page.contains(r#"src="/demo/demo.js""#), "{page}");
+    for (path, kind, needle) in [
+        ("/demo/demo.js", "text/javascript", "./gamerelay-client.js"),
+        ("/demo/gamerelay-client.js", "text/javascript", "export {"),
+        ("/demo/style.css", "text/css", "canvas"),
+    ] {
+        let file = get(path).await;
+        assert!(file.starts_with("HTTP/1.1 200"), "{path}: {}", &file[..file.len().min(200)]);
+        assert!(file.to_ascii_lowercase().contains(&format!("content-type: {kind}")), "{path}");
+        assert!(file.contains(needle), "{path} lacks {needle}");
+    }
+    assert!(get("/demo/nope.js").await.starts_with("HTTP/1.1 404"));
+    assert!(get("/demo/../Cargo.toml").await.starts_with("HTTP/1.1 404"));
+    server.stop().await;
+}

@@ -1,21 +1,25 @@
 //! `gamerelay-loadtest`: load generator for gamerelay nodes.
 //!
 //! One subcommand per scenario (`arena` = the reference workload W1, `join-storm`,
-//! `reconnect-storm`, `idle`, `fanout`). Modules:
+//! `reconnect-storm`, `idle`, `fanout`) and `chaos`, the fault injector and checker. Modules:
 //! - `conn`: target URLs, source addresses, WebSocket connect, `hello` + `join`;
 //! - `wire`: allocation-free reading of server frames on the hot path;
 //! - `mirror`: a local copy of a room's state (resume correctness);
 //! - `stats`: the run's timeline, counters and latency histograms;
 //! - `procstat`: CPU and RSS from `/proc`, the open-files limit;
+//! - `progress`: the live progress line on a terminal;
 //! - `report`: JSON line, human table, validity;
-//! - `scenarios::*`: the scenarios.
+//! - `scenarios::*`: the scenarios;
+//! - `chaos`: faults on a running cluster, histories, and the checker of the contract.
 //!
 //! Exit status: 0 when the run completed (valid or not: see `valid` in the report),
-//! 1 when it could not run, 2 for bad usage.
+//! 1 when it could not run, 2 for bad usage, 3 when `chaos` found the contract broken.
 
+mod chaos;
 mod conn;
 mod mirror;
 mod procstat;
+mod progress;
 mod report;
 mod scenarios;
 mod stats;
@@ -52,6 +56,10 @@ enum Command {
     /// One writer at H Hz and many readers per room; measures deliveries/s and
     /// writer-input-to-reader latency.
     Fanout(scenarios::fanout::FanoutArgs),
+    /// Faults (node kills, pauses past the lease) injected into a local cluster while
+    /// clients write; a checker verifies the contract on their histories. Exit status 3 when
+    /// the verdict is `fail`.
+    Chaos(chaos::ChaosArgs),
 }
 
 /// Flags every scenario takes (they may be given before or after the subcommand).
@@ -82,6 +90,9 @@ pub struct Common {
     /// connections to a loopback server, to stay clear of the ephemeral port range).
     #[arg(long, global = true, default_value_t = 0)]
     pub source_addrs: usize,
+    /// No live progress line (it is drawn on stderr only when stderr is a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
 }
 
 impl Common {
@@ -127,6 +138,7 @@ fn main() -> ExitCode {
             Command::ReconnectStorm(args) => scenarios::reconnect_storm::run(&cli.common, args, nofile).await,
             Command::Idle(args) => scenarios::idle::run(&cli.common, args, nofile).await,
             Command::Fanout(args) => scenarios::fanout::run(&cli.common, args, nofile).await,
+            Command::Chaos(args) => chaos::run(&cli.common, args).await,
         }
     });
     // Connection tasks still closing are not waited for.
@@ -140,7 +152,12 @@ fn main() -> ExitCode {
             } else {
                 print!("{table}");
             }
-            if !report.valid {
+            if matches!(cli.command, Command::Chaos(_)) {
+                if !report.valid {
+                    eprintln!("gamerelay-loadtest: chaos verdict FAIL (see violations and failures)");
+                    return ExitCode::from(3);
+                }
+            } else if !report.valid {
                 eprintln!("gamerelay-loadtest: the run is INVALID (see invalid_reasons)");
             }
             ExitCode::SUCCESS

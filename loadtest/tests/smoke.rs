@@ -53,6 +53,24 @@ async fn arena_delivers_and_measures_latency() {
     assert!(r["latency_ms"]["p50"].as_f64().is_some_and(|p| p > 0.0), "{r}");
 }
 
+#[tokio::test]
+async fn arena_probe_mode_measures_latency_from_probes_only() {
+    let url = node().await;
+    let r = run(args(
+        &["arena", "--rooms", "2", "--players", "4", "--probes", "1", "--duration", "2", "--warmup", "1"],
+        &url,
+    ))
+    .await;
+    assert_eq!(errors(&r), 0, "{r}");
+    assert_eq!(r["probes_per_room"], 1, "{r}");
+    // Everyone still sends and receives: 2 rooms x 4 x 4 x 20 Hz.
+    assert_eq!(r["expected_deliveries_per_sec"].as_f64(), Some(640.0), "{r}");
+    assert!(r["deliveries_per_sec"].as_f64().unwrap_or(0.0) > 320.0, "{r}");
+    // Samples come from one player per room: at most 2 x 20 Hz x 2 s (+ one per phase edge).
+    let samples = r["latency_ms"]["samples"].as_u64().unwrap_or(0);
+    assert!((1..=84).contains(&samples), "{samples} samples: {r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_storm_joins_everyone() {
     let url = node().await;

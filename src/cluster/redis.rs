@@ -124,6 +124,9 @@ pub struct RedisSettings {
     pub room_key_ttl: Duration,
     /// Log entries kept below a snapshot, for resumes.
     pub keep_below_snapshot: u64,
+    /// Deliberately broken restores (`--unsafe-restore-without-log`, `fault-injection`
+    /// builds only): the log after the snapshot is discarded. Always false otherwise.
+    pub unsafe_restore_without_log: bool,
 }
 
 /// A room this node owns.
@@ -336,6 +339,18 @@ impl RedisBackplane {
             .map_err(|e| BackplaneError::Corrupt(format!("snapshot of {room}: {e}")))?;
         if snapshot.v != SNAPSHOT_FORMAT {
             return Err(BackplaneError::Corrupt(format!("snapshot format {} of {room}", snapshot.v)));
+        }
+        if self.settings.unsafe_restore_without_log {
+            // The deliberate bug: trust the snapshot, drop the tail of the log (acknowledged
+            // changes), and let the head fall back so this owner's commits go through.
+            tracing::error!(room, seq = snapshot.seq, "UNSAFE: restoring without the log");
+            let _: () = redis::pipe()
+                .del(self.keys.log(room))
+                .set(self.keys.head(room), snapshot.seq)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            return Ok(Some(snapshot));
         }
         let head = head.unwrap_or(snapshot.seq);
         // Everything after the snapshot's own delta: later deltas (`<seq>-0`) and membership

@@ -1,0 +1,157 @@
+//! The cluster under test and the faults injected into it.
+//!
+//! The cluster is one started by `scripts/cluster up --dir DIR`: its `cluster.env` names the
+//! nodes and HAProxy's URL, and `scripts/cluster signal|start` sends signals to and restarts
+//! its recorded processes (only those, matched by their command lines).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::process::Command;
+
+/// A fault kind the injector can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// `kill -9` a node, then start it again.
+    Kill,
+    /// SIGSTOP a node for longer than the lease, then SIGCONT (a split-brain attempt).
+    Pause,
+}
+
+/// A running local cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub script: PathBuf,
+    pub nodes: Vec<String>,
+    /// HAProxy's plain WebSocket URL.
+    pub ws_url: String,
+}
+
+impl Cluster {
+    /// Reads `DIR/cluster.env` (written by `scripts/cluster up`).
+    pub fn attach(dir: &Path, script: &Path) -> Result<Cluster, String> {
+        let path = dir.join("cluster.env");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!("{}: {e} (start the cluster with scripts/cluster up --dir ...)", path.display())
+        })?;
+        let vars = parse_env(&text);
+        let get = |k: &str| vars.get(k).cloned().ok_or_else(|| format!("{}: no {k}", path.display()));
+        let nodes: Vec<String> = get("GR_NODES")?.split_whitespace().map(str::to_string).collect();
+        if nodes.is_empty() {
+            return Err(format!("{}: GR_NODES is empty", path.display()));
+        }
+        if !script.exists() {
+            return Err(format!("{}: not found (--cluster-script)", script.display()));
+        }
+        Ok(Cluster { dir: dir.to_path_buf(), script: script.to_path_buf(), nodes, ws_url: get("GR_WS_URL")? })
+    }
+
+    async fn cluster(&self, args: &[&str]) -> Result<(), String> {
+        let out = Command::new(&self.script)
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .output()
+            .await
+            .map_err(|e| format!("{}: {e}", self.script.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "scripts/cluster {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    pub async fn signal(&self, node: &str, sig: &str) -> Result<(), String> {
+        self.cluster(&["signal", node, sig]).await
+    }
+
+    pub async fn start(&self, node: &str) -> Result<(), String> {
+        self.cluster(&["start", node]).await
+    }
+
+    /// Injects one fault and undoes it: the node is back (restarted or continued) on return.
+    pub async fn inject(&self, kind: FaultKind, node: &str, lease: Duration) -> Result<(), String> {
+        match kind {
+            FaultKind::Kill => {
+                self.signal(node, "KILL").await?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.start(node).await
+            }
+            FaultKind::Pause => {
+                self.signal(node, "STOP").await?;
+                tokio::time::sleep(lease + Duration::from_millis(1500)).await;
+                self.signal(node, "CONT").await
+            }
+        }
+    }
+}
+
+/// `NAME=value` lines as written by bash's `printf %q` (backslash escapes, no expansions).
+fn parse_env(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let mut out = String::new();
+            let mut chars = v.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => out.extend(chars.next()),
+                    '\'' | '"' => {}
+                    c => out.push(c),
+                }
+            }
+            (k.to_string(), out)
+        })
+        .collect()
+}
+
+/// A seeded generator (splitmix64): the same seed picks the same faults and nodes.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_scripts_cluster_writes() {
+        let env = parse_env("# x\nGR_NODES=node-1\\ node-2\\ node-3\nGR_WS_URL=ws://127.0.0.1:1/ws\n");
+        assert_eq!(env["GR_NODES"], "node-1 node-2 node-3");
+        assert_eq!(env["GR_WS_URL"], "ws://127.0.0.1:1/ws");
+    }
+
+    #[test]
+    fn the_same_seed_makes_the_same_choices() {
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        let xs: Vec<usize> = (0..20).map(|_| a.below(3)).collect();
+        assert_eq!(xs, (0..20).map(|_| b.below(3)).collect::<Vec<_>>());
+        assert!(xs.iter().any(|&x| x != xs[0]));
+    }
+}
