@@ -777,7 +777,7 @@ fn invalid() -> Vec<InvalidVector> {
         inv(
             "nesting_in_unknown_field",
             "client",
-            "more than 80 nested arrays anywhere in a frame, even in a field the message does not have",
+            "more than 72 levels of nesting anywhere in a frame (81 arrays), even in a field the message does not have",
             write(&vmap(vec![
                 ("t", s("ping")),
                 ("junk", (0..81).fold(Value::Nil, |inner, _| Value::Array(vec![inner]))),

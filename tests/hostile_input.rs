@@ -322,6 +322,24 @@ fn deep_nesting_in_unknown_fields_cannot_overflow_the_stack() {
     std::thread::Builder::new().stack_size(1024 * 1024).spawn(check).unwrap().join().unwrap();
 }
 
+/// The frame depth limit leaves room for the deepest valid frame: a resync in a batch whose
+/// state nests the full 64 levels.
+#[test]
+fn the_deepest_valid_server_frame_still_decodes() {
+    use gamerelay::protocol::{decode_server, ServerMsg, Snapshot};
+    let deep = (0..63).fold(Doc::Int(1), |inner, _| Doc::Array(vec![inner]));
+    let state = Doc::Map(DocMap::from([("a".to_string(), deep)]));
+    let hash = state.state_hash();
+    let resync = ServerMsg::Resync {
+        room: "r".into(),
+        snapshot: Snapshot { epoch: 1, seq: 1, state, hash },
+        cid: 0,
+        members: vec![],
+    };
+    let batch = ServerMsg::Batch { msgs: vec![resync] };
+    assert_eq!(decode_server(&encode(&batch)).expect("the deepest valid frame decodes"), batch);
+}
+
 /// The classes named in the issue, one by one.
 #[test]
 fn deep_nesting_huge_headers_nan_non_string_keys_and_invalid_utf8_are_refused() {

@@ -21,12 +21,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Bytes {
 }
 
 /// Deepest nesting of arrays and maps anywhere in a frame: a value's 64 levels
-/// ([`MAX_DOC_DEPTH`](super::doc::MAX_DOC_DEPTH)) plus the message around it (batch, delta,
-/// ops, op: at most 6), with room to spare. Bounds the decoder's recursion: serde buffers
+/// ([`MAX_DOC_DEPTH`](super::doc::MAX_DOC_DEPTH)) plus the message around it (at most 5:
+/// batch, msgs, resync, snapshot, state), as the TypeScript client's strict decoder has it. Bounds the decoder's recursion: serde buffers
 /// the fields of internally tagged messages recursively (unknown fields included), and at
 /// rmp-serde's default of 1024 levels a 1 KB frame of nested arrays overflowed a 2 MiB
 /// thread stack in debug builds.
-pub const MAX_FRAME_DEPTH: usize = super::doc::MAX_DOC_DEPTH + 16;
+pub const MAX_FRAME_DEPTH: usize = super::doc::MAX_DOC_DEPTH + 8;
 
 /// Decodes one message from a frame's payload. Trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
