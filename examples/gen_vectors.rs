@@ -155,7 +155,7 @@ fn messages() -> Vec<MsgVector> {
         ),
         client(
             "join_new_with_token",
-            "A new join carrying an authentication token.",
+            "A new join carrying a join token (a JWT, shortened here; nodes with --auth-key require one).",
             ClientMsg::Join(Join {
                 room: ARENA.into(),
                 room_type: "arena".into(),
@@ -421,7 +421,20 @@ fn messages() -> Vec<MsgVector> {
         server(
             "error",
             "A request failed (here: ops before joining a room).",
-            ServerMsg::Error { code: "not_joined".into(), message: "join a room first".into() },
+            ServerMsg::Error {
+                code: "not_joined".into(),
+                message: "join a room first".into(),
+                retry_ms: None,
+            },
+        ),
+        server(
+            "error_overloaded",
+            "A join shed by an overloaded node, with a retry hint.",
+            ServerMsg::Error {
+                code: "overloaded".into(),
+                message: "this node is past its load limit; retry in 3200 ms, preferably elsewhere".into(),
+                retry_ms: Some(3200),
+            },
         ),
         server(
             "batch",
@@ -624,6 +637,16 @@ fn ops_with_value(value: Value) -> Vec<u8> {
     ]))
 }
 
+/// An `ops` frame whose op value is the raw MessagePack `value` (which rmpv cannot write:
+/// it writes a str that is not UTF-8 as bin).
+fn ops_with_raw_value(value: &[u8]) -> Vec<u8> {
+    let mut frame = ops_with_value(Value::Nil);
+    // The nil value is the frame's last byte.
+    frame.pop();
+    frame.extend_from_slice(value);
+    frame
+}
+
 fn invalid() -> Vec<InvalidVector> {
     let inv = |name, direction, reason, bytes| InvalidVector { name, direction, reason, bytes };
     let hello = encode(&ClientMsg::Hello { v: 1, client: Some("x".into()) }).to_vec();
@@ -738,6 +761,27 @@ fn invalid() -> Vec<InvalidVector> {
             "client",
             "a value nests more than 64 levels below its top (65 nested arrays)",
             write(&vmap(vec![("t", s("msg")), ("data", nested)])),
+        ),
+        inv(
+            "invalid_utf8_in_value",
+            "client",
+            "a str that is not valid UTF-8 (c3 28) is refused, not taken for binary",
+            ops_with_raw_value(&[0xa2, 0xc3, 0x28]),
+        ),
+        inv(
+            "invalid_utf8_key_in_value",
+            "client",
+            "a map key that is not valid UTF-8 (ff)",
+            ops_with_raw_value(&[0x81, 0xa1, 0xff, 0x01]),
+        ),
+        inv(
+            "nesting_in_unknown_field",
+            "client",
+            "more than 72 levels of nesting anywhere in a frame (81 arrays), even in a field the message does not have",
+            write(&vmap(vec![
+                ("t", s("ping")),
+                ("junk", (0..81).fold(Value::Nil, |inner, _| Value::Array(vec![inner]))),
+            ])),
         ),
         inv(
             "duplicate_field",
@@ -881,7 +925,7 @@ const ANNOTATED: [&str; 5] = [
     "server/delta_server",
     "server/joined_resume_deltas",
 ];
-const PLAIN: [&str; 8] = [
+const PLAIN: [&str; 9] = [
     "client/join_new",
     "client/join_resume",
     "client/ops_inc",
@@ -889,6 +933,7 @@ const PLAIN: [&str; 8] = [
     "server/welcome",
     "server/ack",
     "server/reject",
+    "server/error_overloaded",
     "server/batch",
 ];
 

@@ -372,6 +372,28 @@ def overview():
         8,
     )
 
+    L.row("Limits and authentication")
+    L.add(
+        timeseries(
+            "Limit hits by limit",
+            "Times a limit was hit, per second, fleet, by limit (docs/SECURITY.md lists each: rates, connections per address, frame and state sizes, overload shedding, ...). Alert: GamerelayShedding.",
+            [("sum by (limit) (rate(gamerelay_limit_hits_total" + J + "[$__rate_interval]))", "{{limit}}")],
+            unit="ops",
+        ),
+        12,
+        8,
+    )
+    L.add(
+        timeseries(
+            "Refused join tokens by reason",
+            "Joins refused for their token (then closed with 4003), per second, fleet, by reason: missing, invalid, expired, room_not_allowed. Alert: GamerelayAuthFailures.",
+            [("sum by (reason) (rate(gamerelay_auth_failures_total" + J + "[$__rate_interval]))", "{{reason}}")],
+            unit="ops",
+        ),
+        12,
+        8,
+    )
+
     L.row("Failovers")
     L.add(
         timeseries(
@@ -410,7 +432,7 @@ def overview():
     return dashboard(
         "gamerelay-overview",
         "gamerelay / Overview",
-        "The fleet at a glance: health, population, throughput, latency, Redis, player experience, failovers, processes.",
+        "The fleet at a glance: health, population, throughput, latency, Redis, player experience, limits and authentication, failovers, processes.",
         variables,
         L,
         links,
@@ -567,6 +589,28 @@ def node():
             unit="ops",
         ),
         24,
+        8,
+    )
+
+    L.row("Limits and authentication")
+    L.add(
+        timeseries(
+            "Limit hits by limit",
+            "Times a limit was hit on this node, per second, by limit (docs/SECURITY.md).",
+            [("sum by (limit) (rate(gamerelay_limit_hits_total" + I + "[$__rate_interval]))", "{{limit}}")],
+            unit="ops",
+        ),
+        12,
+        8,
+    )
+    L.add(
+        timeseries(
+            "Refused join tokens by reason",
+            "Joins refused for their token on this node, per second, by reason.",
+            [("sum by (reason) (rate(gamerelay_auth_failures_total" + I + "[$__rate_interval]))", "{{reason}}")],
+            unit="ops",
+        ),
+        12,
         8,
     )
 

@@ -184,6 +184,86 @@ pub struct Config {
     #[arg(long, env = "GAMERELAY_REDIS_TIMEOUT_MS", default_value_t = 1_000)]
     pub redis_timeout_ms: u64,
 
+    /// A key that verifies join tokens (JWT, HS256), as `KID:SECRET` (secret: at least 32
+    /// bytes). Repeat the flag (or separate with commas in the env var) to accept several
+    /// keys during a rotation. Without any key the node runs in insecure development mode:
+    /// no join is authenticated, and it listens on loopback only unless --insecure-dev.
+    #[arg(long = "auth-key", env = "GAMERELAY_AUTH_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub auth_keys: Vec<String>,
+
+    /// Allow insecure development mode (no --auth-key) on a non-loopback address: anyone who
+    /// reaches the node can join any room as any new player. Never in production.
+    #[arg(long, env = "GAMERELAY_INSECURE_DEV")]
+    pub insecure_dev: bool,
+
+    /// Browser origins allowed to open WebSockets (`https://game.example.com`); repeatable or
+    /// comma-separated. When set, an upgrade with another `Origin` header gets HTTP 403.
+    /// Requests without `Origin` (non-browser clients) are not affected. Default: any origin.
+    #[arg(long = "allowed-origin", env = "GAMERELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Separate operator listener for /metrics, /healthz and /readyz. When set, /metrics is
+    /// served only there (keep it off the public network); the public listener keeps /healthz
+    /// and /readyz for load balancers.
+    #[arg(long, env = "GAMERELAY_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+
+    /// Most concurrent connections from one client address (0 = no limit); past it upgrades
+    /// get HTTP 429. Behind a proxy, list it in --trusted-proxy so the real client address
+    /// (X-Forwarded-For) counts instead of the proxy's.
+    #[arg(long, env = "GAMERELAY_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    pub max_connections_per_ip: usize,
+
+    /// Proxies (IP or CIDR; repeatable or comma-separated) trusted to name the client: their
+    /// connections may start with a PROXY protocol v2 header (HAProxy `send-proxy-v2`), and
+    /// their `X-Forwarded-For` header is believed (its last address). Default: none (the TCP
+    /// peer is the client).
+    #[arg(long = "trusted-proxy", env = "GAMERELAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
+    /// Ops per second per connection (each frame costs at least 1; an `ops` batch costs its
+    /// op count). 0 = no limit. A frame past the budget is refused with `rate_limited`.
+    #[arg(long, env = "GAMERELAY_RATE_OPS_PER_SEC", default_value_t = 1_000)]
+    pub rate_ops_per_sec: u64,
+
+    /// Burst of the ops-per-second bucket (ops a connection may send at once).
+    #[arg(long, env = "GAMERELAY_RATE_OPS_BURST", default_value_t = 2_000)]
+    pub rate_ops_burst: u64,
+
+    /// Bytes per second per connection (binary frame payloads). 0 = no limit.
+    #[arg(long, env = "GAMERELAY_RATE_BYTES_PER_SEC", default_value_t = 4 * 1024 * 1024)]
+    pub rate_bytes_per_sec: u64,
+
+    /// Burst of the bytes-per-second bucket; at least --max-frame-bytes.
+    #[arg(long, env = "GAMERELAY_RATE_BYTES_BURST", default_value_t = 32 * 1024 * 1024)]
+    pub rate_bytes_burst: u64,
+
+    /// Frames refused for rate within 10 s after which the connection is closed with 4005
+    /// `rate_limited`.
+    #[arg(long, env = "GAMERELAY_RATE_LIMIT_STRIKES", default_value_t = 50)]
+    pub rate_limit_strikes: u32,
+
+    /// Overload shedding: once this percentage of --max-connections is open, joins of new
+    /// players are refused with `overloaded` and a `retry_ms` hint (resumes still pass).
+    /// 100 = never shed before the hard limit.
+    #[arg(long, env = "GAMERELAY_SHED_CONNECTIONS_PERCENT", default_value_t = 90)]
+    pub shed_connections_percent: u8,
+
+    /// Overload shedding by CPU: when the node's runtime is late by more than this many ms
+    /// (measured every 100 ms: a saturated or stalled process), joins of new players are
+    /// refused with `overloaded` for --shed-lag-hold-ms. 0 = off (the default: a busy test
+    /// machine or a paused process would shed; enable in production, e.g. 250).
+    #[arg(long, env = "GAMERELAY_SHED_LAG_MS", default_value_t = 0)]
+    pub shed_lag_ms: u64,
+
+    /// How long joins stay shed after the runtime was late past --shed-lag-ms, in ms.
+    #[arg(long, env = "GAMERELAY_SHED_LAG_HOLD_MS", default_value_t = 2_000)]
+    pub shed_lag_hold_ms: u64,
+
+    /// Upper bound of the jittered `retry_ms` hint of `overloaded` refusals, in ms.
+    #[arg(long, env = "GAMERELAY_SHED_RETRY_MS", default_value_t = 5_000)]
+    pub shed_retry_ms: u64,
+
     /// DELIBERATELY BROKEN (builds with the `fault-injection` feature only): a room restored
     /// after a failover forgets the log after its last snapshot, losing acknowledged changes.
     /// Exists so the chaos checker can prove it catches such a bug.
@@ -280,6 +360,56 @@ impl Config {
                 });
             }
         }
+        if !self.auth_keys.is_empty() {
+            if let Err(e) = crate::auth::JoinAuth::from_specs(&self.auth_keys) {
+                return Err(ConfigError { flag: "auth-key", problem: e.to_string() });
+            }
+            if self.insecure_dev {
+                return Err(ConfigError {
+                    flag: "insecure-dev",
+                    problem: "contradicts --auth-key: a node with keys always authenticates joins".into(),
+                });
+            }
+        } else if !self.listen.ip().is_loopback() && !self.insecure_dev {
+            return Err(ConfigError {
+                flag: "auth-key",
+                problem: format!(
+                    "listening on {} without join authentication would make an open relay; \
+                     give --auth-key KID:SECRET (or GAMERELAY_AUTH_KEYS), listen on loopback, \
+                     or accept insecure development mode with --insecure-dev",
+                    self.listen
+                ),
+            });
+        }
+        for origin in &self.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) || origin.ends_with('/') {
+                return Err(ConfigError {
+                    flag: "allowed-origin",
+                    problem: format!("{origin:?} must look like https://host[:port], without a path"),
+                });
+            }
+        }
+        if let Err(problem) = self.trusted_proxy_cidrs() {
+            return Err(ConfigError { flag: "trusted-proxy", problem });
+        }
+        if self.rate_ops_per_sec > 0 && self.rate_ops_burst < self.max_ops_per_batch as u64 {
+            return Err(ConfigError {
+                flag: "rate-ops-burst",
+                problem: format!("must be at least --max-ops-per-batch ({})", self.max_ops_per_batch),
+            });
+        }
+        if self.rate_bytes_per_sec > 0 && self.rate_bytes_burst < self.max_frame_bytes as u64 {
+            return Err(ConfigError {
+                flag: "rate-bytes-burst",
+                problem: format!("must be at least --max-frame-bytes ({})", self.max_frame_bytes),
+            });
+        }
+        if self.rate_limit_strikes == 0 {
+            return Err(ConfigError { flag: "rate-limit-strikes", problem: "must be greater than 0".into() });
+        }
+        if self.shed_connections_percent == 0 || self.shed_connections_percent > 100 {
+            return Err(ConfigError { flag: "shed-connections-percent", problem: "must be 1-100".into() });
+        }
         if self.log_filter().is_err() {
             return Err(ConfigError {
                 flag: "log",
@@ -294,6 +424,21 @@ impl Config {
         &self,
     ) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
         tracing_subscriber::EnvFilter::try_new(&self.log)
+    }
+
+    /// The parsed --trusted-proxy networks.
+    pub fn trusted_proxy_cidrs(&self) -> Result<Vec<crate::limits::Cidr>, String> {
+        self.trusted_proxies.iter().map(|s| s.parse()).collect()
+    }
+
+    /// Whether the node runs without join authentication.
+    pub fn insecure(&self) -> bool {
+        self.auth_keys.is_empty()
+    }
+
+    /// Open connections past which joins of new players are shed.
+    pub fn shed_connections(&self) -> usize {
+        (self.max_connections * usize::from(self.shed_connections_percent)).div_ceil(100)
     }
 
     /// A configuration for tests: defaults, listening on a free loopback port.
@@ -367,5 +512,36 @@ mod tests {
         assert_eq!(parse(&["--log", "=="]).validate().unwrap_err().flag, "log");
         let e = parse(&["--redis", "redis://127.0.0.1:6379"]).validate().unwrap_err();
         assert_eq!(e.flag, "cluster-secret");
+        assert_eq!(parse(&["--trusted-proxy", "10.0.0.0/99"]).validate().unwrap_err().flag, "trusted-proxy");
+        assert_eq!(
+            parse(&["--allowed-origin", "game.example"]).validate().unwrap_err().flag,
+            "allowed-origin"
+        );
+        assert_eq!(parse(&["--rate-bytes-burst", "100"]).validate().unwrap_err().flag, "rate-bytes-burst");
+        assert_eq!(
+            parse(&["--shed-connections-percent", "0"]).validate().unwrap_err().flag,
+            "shed-connections-percent"
+        );
+    }
+
+    const KEY: &str = "k1:0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn without_a_key_a_node_listens_on_loopback_only_unless_insecure_dev() {
+        assert!(parse(&["--listen", "127.0.0.1:9000"]).validate().is_ok());
+        assert!(parse(&["--listen", "[::1]:9000"]).validate().is_ok());
+        let e = parse(&["--listen", "0.0.0.0:9000"]).validate().unwrap_err();
+        assert_eq!(e.flag, "auth-key");
+        assert!(e.to_string().contains("--insecure-dev"), "{e}");
+        assert!(parse(&["--listen", "0.0.0.0:9000", "--insecure-dev"]).validate().is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:9000", "--auth-key", KEY]).validate().is_ok());
+        assert_eq!(
+            parse(&["--auth-key", KEY, "--insecure-dev"]).validate().unwrap_err().flag,
+            "insecure-dev"
+        );
+        assert_eq!(parse(&["--auth-key", "k1:short"]).validate().unwrap_err().flag, "auth-key");
+        let two = parse(&["--auth-key", KEY, "--auth-key", "k2:fedcba9876543210fedcba9876543210"]);
+        assert_eq!(two.auth_keys.len(), 2);
+        assert!(two.validate().is_ok());
     }
 }

@@ -1,20 +1,25 @@
 //! HTTP routes of a node: `GET /ws` (the WebSocket upgrade), `GET /healthz` (the process
 //! is alive), `GET /readyz` (it accepts new players: 503 while draining), `GET /metrics`
 //! (Prometheus text), `GET /demo` (the browser arena demo, static files embedded in the
-//! binary). Owns the connection limit; everything after the upgrade belongs to
+//! binary). Owns the limits checked before the upgrade: connections per node and per client
+//! address, and the `Origin` allow-list. Everything after the upgrade belongs to
 //! [`crate::session`].
+//!
+//! With `--ops-listen`, [`ops_router`] serves `/metrics`, `/healthz` and `/readyz` on the
+//! operator address and the public router no longer serves `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics::{counter, gauge};
 
+use crate::limits;
 use crate::server::Node;
 use crate::session;
 use crate::telemetry::{self, names};
@@ -30,28 +35,50 @@ const WRITE_BUFFER_BYTES: usize = 1024;
 
 /// The node's router.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .route("/demo", get(demo_index))
         .route("/demo/", get(demo_index))
-        .route("/demo/{file}", get(demo_file))
+        .route("/demo/{file}", get(demo_file));
+    let router =
+        if node.config.ops_listen.is_none() { router.route("/metrics", get(metrics_text)) } else { router };
+    router.with_state(node)
+}
+
+/// The operator listener's router (`--ops-listen`).
+pub fn ops_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .with_state(node)
 }
 
 async fn upgrade(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if node.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "node is draining; connect to another node")
             .into_response();
     }
+    if !origin_allowed(&node.config.allowed_origins, &headers) {
+        limits::hit("origin");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client_ip = limits::client_ip(peer.ip(), forwarded, &node.trusted_proxies);
+    let Some(ip_slot) = node.per_ip.acquire(client_ip) else {
+        limits::hit("connections_per_ip");
+        return (StatusCode::TOO_MANY_REQUESTS, "too many connections from this address").into_response();
+    };
     let Some(slot) = node.connection_slot() else {
         counter!(names::CONNECTIONS_REFUSED).increment(1);
+        limits::hit("connections");
         return (StatusCode::SERVICE_UNAVAILABLE, "node is at its connection limit").into_response();
     };
     let max = node.config.max_frame_bytes;
@@ -69,8 +96,21 @@ async fn upgrade(
                 session::run(socket, node, peer).await;
                 gauge!(names::CONNECTIONS).decrement(1.0);
                 drop(slot);
+                drop(ip_slot);
             })
         })
+}
+
+/// Whether the request's `Origin` (if any) is allowed: no list allows every origin; a
+/// request without `Origin` is not from a browser page and is allowed.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(origin) => origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o))),
+    }
 }
 
 async fn healthz() -> &'static str {

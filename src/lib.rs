@@ -10,6 +10,10 @@
 //! protocol/   messages, codec, error/close codes, state values + canonical hash. No I/O.
 //!             Always compiled; the Rust client and the load generator share it.
 //! config.rs   every setting: clap flags + env vars, validated before anything binds.
+//! auth.rs     join tokens (JWT HS256, key rotation): player id and allowed rooms. No I/O.
+//! limits.rs   token bucket, trusted-proxy CIDRs, connections per address, limit metric.
+//! proxy_protocol.rs  PROXY v2 headers from trusted proxies (the client's real address).
+//! load.rs     the runtime's scheduling lag, a load signal for overload shedding.
 //! telemetry/  tracing subscriber, Prometheus recorder, metric names as constants.
 //! room/       rooms: state + ops (no I/O), room types (doc, arena), the per-room actor
 //!             that sequences changes and fans out, the registry of live rooms.
@@ -18,7 +22,8 @@
 //!             that forwards commands to a room's owner and its frames to other nodes.
 //! session/    one task per WebSocket connection: handshake, join/resume, reading ops,
 //!             the bounded outbound queue and its writer, keepalive, close codes.
-//! gateway.rs  HTTP routes: /ws upgrade, /healthz, /readyz, /metrics, /demo (embedded).
+//! gateway.rs  HTTP routes: /ws upgrade (origin, connection limits), /healthz, /readyz,
+//!             /metrics, /demo (embedded); the optional operator listener.
 //! server.rs   wires it together: `Server::bind` then `run` until a shutdown signal.
 //! ```
 //!
@@ -36,6 +41,8 @@
 pub mod protocol;
 
 #[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
 pub mod backplane;
 #[cfg(feature = "server")]
 pub mod cluster;
@@ -43,6 +50,12 @@ pub mod cluster;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod gateway;
+#[cfg(feature = "server")]
+pub mod limits;
+#[cfg(feature = "server")]
+pub mod load;
+#[cfg(feature = "server")]
+pub mod proxy_protocol;
 #[cfg(feature = "server")]
 pub mod room;
 #[cfg(feature = "server")]

@@ -30,7 +30,7 @@ fn main() {
     });
     match result {
         Ok(()) => {}
-        Err(e @ ServerError::Config(_)) => {
+        Err(e @ (ServerError::Config(_) | ServerError::AuthKeys(_))) => {
             eprintln!("gamerelay: {e}");
             std::process::exit(EXIT_BAD_CONFIG);
         }

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::JoinAuth;
 use crate::backplane::embedded::EmbeddedBackplane;
 use crate::backplane::{Backplane, BackplaneError};
 use crate::cluster::keys::Keys;
@@ -24,6 +25,8 @@ use crate::cluster::redis::{RedisBackplane, RedisSettings};
 use crate::cluster::relay::Relay;
 use crate::config::{Config, ConfigError};
 use crate::gateway;
+use crate::limits::{Cidr, PerIp};
+use crate::load::LagMonitor;
 use crate::room::{Registry, RoomDeps};
 use crate::session::token::SessionKeys;
 use crate::telemetry::{self, HotMetrics};
@@ -33,6 +36,8 @@ use crate::telemetry::{self, HotMetrics};
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("invalid configuration: --auth-key: {0}")]
+    AuthKeys(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
@@ -54,6 +59,14 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every connection and room task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Verifies join tokens; `None` in insecure development mode.
+    pub auth: Option<JoinAuth>,
+    /// Open connections per client address (`--max-connections-per-ip`).
+    pub per_ip: PerIp,
+    /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxy`).
+    pub trusted_proxies: Vec<Cidr>,
+    /// The runtime's scheduling lag (`--shed-lag-ms`).
+    pub lag: Arc<LagMonitor>,
     connections: Arc<AtomicUsize>,
     next_conn: AtomicU64,
     draining: AtomicBool,
@@ -83,6 +96,27 @@ impl Node {
             .map(|_| ConnectionSlot(self.connections.clone()))
     }
 
+    /// Open connections (slots taken).
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Whether joins of new players are shed (`--shed-connections-percent`).
+    /// The joining connection counts: with 90 % of 1000, the 901st connection's join is shed.
+    /// Also while the runtime was recently late past `--shed-lag-ms`.
+    pub fn overloaded(&self) -> bool {
+        (self.config.shed_connections_percent < 100
+            && self.open_connections() > self.config.shed_connections())
+            || self.lag.shedding(std::time::Instant::now())
+    }
+
+    /// A jittered retry hint for shed joins.
+    pub fn shed_hint_ms(&self) -> u64 {
+        use rand::Rng;
+        let max = self.config.shed_retry_ms.max(2);
+        rand::rng().random_range(max / 2..=max)
+    }
+
     /// Whether the node is shutting down.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
@@ -99,6 +133,8 @@ impl Node {
 /// A bound, not yet running node.
 pub struct Server {
     listener: TcpListener,
+    /// The operator listener (`--ops-listen`), if configured.
+    ops_listener: Option<TcpListener>,
     node: Arc<Node>,
 }
 
@@ -106,9 +142,21 @@ impl Server {
     /// Validates `config` and binds the listener. Nothing is served until [`Server::run`].
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        let auth = match config.auth_keys.as_slice() {
+            [] => None,
+            specs => Some(JoinAuth::from_specs(specs).map_err(|e| ServerError::AuthKeys(e.to_string()))?),
+        };
+        let trusted_proxies =
+            config.trusted_proxy_cidrs().map_err(|problem| ConfigError { flag: "trusted-proxy", problem })?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let ops_listener = match config.ops_listen {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?)
+            }
+            None => None,
+        };
         let config = Arc::new(config);
         let node_id = config.node_id.clone().unwrap_or_else(|| {
             use rand::Rng;
@@ -174,6 +222,8 @@ impl Server {
         }
         metrics::gauge!(telemetry::names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.clone())
             .set(1.0);
+        let config_max_per_ip = config.max_connections_per_ip;
+        let (config_shed_lag_ms, config_shed_lag_hold_ms) = (config.shed_lag_ms, config.shed_lag_hold_ms);
         let node = Node {
             config,
             node_id,
@@ -183,16 +233,28 @@ impl Server {
             metrics,
             shutdown,
             tracker,
+            auth,
+            per_ip: PerIp::new(config_max_per_ip),
+            trusted_proxies,
+            lag: Arc::new(LagMonitor::new(
+                (config_shed_lag_ms > 0).then(|| std::time::Duration::from_millis(config_shed_lag_ms)),
+                std::time::Duration::from_millis(config_shed_lag_hold_ms),
+            )),
             connections: Arc::new(AtomicUsize::new(0)),
             next_conn: AtomicU64::new(1),
             draining: AtomicBool::new(false),
         };
-        Ok(Server { listener, node: Arc::new(node) })
+        Ok(Server { listener, ops_listener, node: Arc::new(node) })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.node.config.listen)
+    }
+
+    /// The operator listener's address, if there is one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then drains (see the module docs).
@@ -204,11 +266,30 @@ impl Server {
             backplane = node.backplane.kind(),
             "gamerelay node serving"
         );
-        if !node.config.listen.ip().is_loopback() {
-            tracing::warn!(
+        match &node.auth {
+            Some(auth) => {
+                tracing::info!(keys = auth.key_count(), "joins need a token signed by one of the keys")
+            }
+            None => tracing::warn!(
                 listen = %node.config.listen,
-                "no authentication is configured: any client that reaches this address can join any room"
-            );
+                insecure_dev = node.config.insecure_dev,
+                "INSECURE DEVELOPMENT MODE: no --auth-key, joins are not authenticated; \
+                 any client that reaches this address can join any room"
+            ),
+        }
+        node.lag.spawn(node.shutdown.clone());
+        if let Some(ops) = self.ops_listener {
+            let ops_app = gateway::ops_router(node.clone());
+            let ops_shutdown = node.shutdown.clone();
+            tracing::info!(listen = %ops.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "operator listener serving");
+            tokio::spawn(async move {
+                let served = axum::serve(ops, ops_app)
+                    .with_graceful_shutdown(async move { ops_shutdown.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "operator listener failed");
+                }
+            });
         }
         let app = gateway::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
         // The listener keeps serving while the node drains, so `/readyz` answers 503 (and new
@@ -232,7 +313,11 @@ impl Server {
         };
         // Game traffic is many small frames: send each at once instead of waiting for ACKs
         // (Nagle would add up to a delayed-ACK period, ~40 ms, to deltas).
-        let listener = self.listener.tap_io(|tcp| {
+        // Connections from --trusted-proxy peers may start with a PROXY v2 header naming the
+        // client; the listener reads it, so ConnectInfo carries the client's address.
+        let listener = crate::proxy_protocol::ProxyListener::new(self.listener, node.trusted_proxies.clone())
+            .map_err(ServerError::Serve)?;
+        let listener = listener.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }

@@ -37,7 +37,7 @@ var Emitter = class {
 };
 
 // src/errors.ts
-var RETRYABLE = /* @__PURE__ */ new Set(["rate_limited", "unavailable", "internal"]);
+var RETRYABLE = /* @__PURE__ */ new Set(["rate_limited", "unavailable", "internal", "overloaded"]);
 function isRetryable(code) {
   return RETRYABLE.has(code);
 }
@@ -2360,8 +2360,12 @@ function parseServer(f, t) {
       return { t, room: f.str("room"), player: f.str("player"), status: presenceStatus(f.str("status")) };
     case "pong":
       return { t, id: f.uint("id"), time: f.uint("time") };
-    case "error":
-      return { t, code: f.str("code"), message: f.str("message") };
+    case "error": {
+      const msg = { t, code: f.str("code"), message: f.str("message") };
+      const retryMs = f.nullable("retry_ms", f.uint);
+      if (retryMs !== null) msg.retry_ms = retryMs;
+      return msg;
+    }
     case "batch":
       return {
         t,

@@ -202,7 +202,7 @@ pub async fn hello_join_with(ws: &mut Ws, join: Join) -> Result<JoinedFull, Conn
             Ok(ServerMsg::Joined { player, session, resumed, cid, members, snapshot, .. }) => {
                 return Ok(JoinedFull { player, session, resumed, cid, members, snapshot })
             }
-            Ok(ServerMsg::Error { code, message }) => return Err(ConnError::Refused { code, message }),
+            Ok(ServerMsg::Error { code, message, .. }) => return Err(ConnError::Refused { code, message }),
             // Anything else before `joined` is not ours to handle; a frame we cannot decode
             // here is skipped too (the run itself counts bad frames).
             Ok(_) | Err(_) => {}

@@ -322,7 +322,7 @@ mod tests {
             }),
         };
         assert_eq!(events(&encode(&joined), "p-1"), Ok(vec![Event::Other]));
-        let err = ServerMsg::Error { code: "bad_frame".into(), message: "x".into() };
+        let err = ServerMsg::Error { code: "bad_frame".into(), message: "x".into(), retry_ms: None };
         assert_eq!(events(&encode(&err), "p-1"), Ok(vec![Event::Error]));
     }
 

@@ -187,6 +187,7 @@ impl Relay {
             room_type: room_type.to_owned(),
             from: self.inner.incarnation.to_string(),
             conn: local.id,
+            player: req.player.as_deref().map(str::to_owned),
             session: req.session.clone(),
             epoch: req.epoch,
             seq: req.seq,
@@ -358,13 +359,14 @@ impl Relay {
     async fn inbox(&self, msg: NodeMsg) {
         let Some(registry) = self.inner.registry.get() else { return };
         match msg {
-            NodeMsg::Join { room, room_type, from, conn, session, epoch, seq } => {
+            NodeMsg::Join { room, room_type, from, conn, player, session, epoch, seq } => {
                 // Joins wait for the room; other commands must not wait behind them.
                 let relay = self.clone();
                 let registry = registry.clone();
                 tokio::spawn(async move {
                     let req = JoinRequest {
                         conn: crate::room::MemberConn::Remote { node: Arc::from(from.as_str()), id: conn },
+                        player: player.map(|p| Arc::from(p.as_str())),
                         session,
                         epoch,
                         seq,

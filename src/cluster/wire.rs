@@ -18,6 +18,9 @@ pub enum NodeMsg {
         room_type: String,
         from: String,
         conn: u64,
+        /// The player id proven by the join token, if the node checked one.
+        #[serde(default)]
+        player: Option<String>,
         session: Option<String>,
         epoch: Option<u64>,
         seq: Option<u64>,

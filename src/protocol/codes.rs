@@ -25,7 +25,8 @@ pub enum ErrorCode {
     TooManyRooms,
     /// The session token is unknown or its grace has expired; join afresh.
     SessionExpired,
-    /// The op writes a path this player may not write.
+    /// The op writes a path this player may not write, or the join token does not allow
+    /// the room (then close 4003).
     Forbidden,
     /// The path is malformed, too deep, has too long a key, or crosses a non-map value.
     BadPath,
@@ -45,11 +46,19 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug on the server.
     Internal,
+    /// The join token is missing, malformed, not signed by a known key, or names an invalid
+    /// player id (then close 4003).
+    Unauthorized,
+    /// The join token has expired; get a new one (then close 4003).
+    TokenExpired,
+    /// The node is past its load limit and admits no new players; retry after `retry_ms`,
+    /// preferably on another node.
+    Overloaded,
 }
 
 impl ErrorCode {
     /// Every code, for docs and tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadFrame,
         ErrorCode::HandshakeRequired,
         ErrorCode::UnsupportedVersion,
@@ -69,6 +78,9 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::Overloaded,
     ];
 
     /// The wire string.
@@ -93,6 +105,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 
@@ -103,7 +118,10 @@ impl ErrorCode {
 
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal)
+        matches!(
+            self,
+            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::Overloaded
+        )
     }
 }
 
@@ -137,6 +155,8 @@ pub enum CloseCode {
     Unauthorized,
     /// 4004: removed from the room by the server (admin kick).
     Kicked,
+    /// 4005: the client kept exceeding its rate limits.
+    RateLimited,
     /// 4100: no `hello` + `join` within the handshake timeout.
     HandshakeTimeout,
     /// 4101: nothing received within the idle timeout.
@@ -149,7 +169,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every close code, for docs and tests.
-    pub const ALL: [CloseCode; 13] = [
+    pub const ALL: [CloseCode; 14] = [
         CloseCode::Normal,
         CloseCode::FrameTooLarge,
         CloseCode::InternalError,
@@ -159,6 +179,7 @@ impl CloseCode {
         CloseCode::UnsupportedVersion,
         CloseCode::Unauthorized,
         CloseCode::Kicked,
+        CloseCode::RateLimited,
         CloseCode::HandshakeTimeout,
         CloseCode::IdleTimeout,
         CloseCode::SlowConsumer,
@@ -177,6 +198,7 @@ impl CloseCode {
             CloseCode::UnsupportedVersion => 4002,
             CloseCode::Unauthorized => 4003,
             CloseCode::Kicked => 4004,
+            CloseCode::RateLimited => 4005,
             CloseCode::HandshakeTimeout => 4100,
             CloseCode::IdleTimeout => 4101,
             CloseCode::SlowConsumer => 4102,
@@ -196,6 +218,7 @@ impl CloseCode {
             CloseCode::UnsupportedVersion => "unsupported_version",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::Kicked => "kicked",
+            CloseCode::RateLimited => "rate_limited",
             CloseCode::HandshakeTimeout => "handshake_timeout",
             CloseCode::IdleTimeout => "idle_timeout",
             CloseCode::SlowConsumer => "slow_consumer",

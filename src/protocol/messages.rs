@@ -84,7 +84,9 @@ pub struct Join {
     /// Room type, e.g. `doc` or `arena`. Must match the type of an existing room.
     #[serde(rename = "type")]
     pub room_type: String,
-    /// Authentication token (reserved; ignored by nodes without authentication configured).
+    /// Join token: a JWT (HS256) from the game backend naming the player and the rooms it
+    /// may join. Required for a new player by nodes with `--auth-key`; ignored by nodes in
+    /// insecure development mode (docs/SECURITY.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Session token from an earlier `joined`, to resume as the same player.
@@ -220,6 +222,10 @@ pub enum ServerMsg {
     Error {
         code: String,
         message: String,
+        /// With retryable codes such as `overloaded` and `rate_limited`: wait about this many
+        /// ms before retrying. Omitted otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_ms: Option<u64>,
     },
     /// Several messages in one frame, to be handled in order.
     Batch {

@@ -92,6 +92,9 @@ impl MemberConn {
 #[derive(Clone)]
 pub struct JoinRequest {
     pub conn: MemberConn,
+    /// The player id proven by a join token (nodes with `--auth-key`); `None` in insecure
+    /// development mode, where the room makes up an id for a new player.
+    pub player: Option<PlayerId>,
     pub session: Option<String>,
     pub epoch: Option<u64>,
     pub seq: Option<u64>,
@@ -455,9 +458,16 @@ impl Room {
                 // A joiner's snapshot must not include uncommitted changes.
                 self.commit().await;
                 self.flush();
-                let result = match req.session.clone() {
-                    Some(session) => self.resume(session, req),
-                    None => match self.admit(req) {
+                let known = req.player.clone().filter(|p| self.members.contains_key(p));
+                let result = match (req.session.clone(), known) {
+                    (Some(session), _) => self.resume(session, req),
+                    // An authenticated player who is still a member (another device, or a
+                    // lost session token) takes its place back, as a resume would.
+                    (None, Some(player)) => {
+                        let session = self.deps.tokens.issue(&self.id, &player);
+                        self.reattach(player, session, req)
+                    }
+                    (None, None) => match self.admit(req) {
                         Ok((player, conn)) => {
                             // The joiner's snapshot includes its own arrival: commit first.
                             self.commit().await;
@@ -523,12 +533,14 @@ impl Room {
     fn admit(&mut self, req: JoinRequest) -> Result<(PlayerId, MemberConn), Refusal> {
         if self.members.len() >= self.deps.config.max_players_per_room {
             counter!(names::JOINS, "outcome" => "refused").increment(1);
+            crate::limits::hit("players_per_room");
             return Err(Refusal::new(
                 ErrorCode::RoomFull,
                 format!("room {} has {} players, the most it may hold", self.id, self.members.len()),
             ));
         }
-        let player: PlayerId = Arc::from(format!("p-{}", random_hex(6)));
+        let player: PlayerId =
+            req.player.clone().unwrap_or_else(|| Arc::from(format!("p-{}", random_hex(6))));
         let mut txn = Txn::new(&mut self.doc, &mut self.size, self.deps.config.max_state_bytes);
         self.logic.on_join(&player, &mut txn, Instant::now())?;
         let ops = txn.commit();
@@ -598,7 +610,26 @@ impl Room {
             Some(p) => Arc::from(p),
             None => return Err(expired()),
         };
-        let member = self.members.get_mut(&player).ok_or_else(expired)?;
+        if req.player.as_ref().is_some_and(|p| *p != player) {
+            counter!(names::JOINS, "outcome" => "refused").increment(1);
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "the session belongs to another player than the join token",
+            ));
+        }
+        if !self.members.contains_key(&player) {
+            return Err(expired());
+        }
+        self.reattach(player, session, req)
+    }
+
+    /// Attaches `req`'s connection to the existing member `player` (a resume): the old
+    /// connection, if any, is closed as replaced; the client gets the deltas it missed or a
+    /// snapshot.
+    fn reattach(&mut self, player: PlayerId, session: String, req: JoinRequest) -> Result<JoinOk, Refusal> {
+        let Some(member) = self.members.get_mut(&player) else {
+            return Err(Refusal::new(ErrorCode::Internal, "player vanished while resuming"));
+        };
         let was_disconnected = member.conn.is_none();
         let old = member.conn.take();
         if let MemberConn::Remote { node, .. } = &req.conn {
@@ -662,6 +693,11 @@ impl Room {
             Ok(None) => {}
             Err(refusal) => {
                 counter!(names::OPS_REJECTED, "code" => refusal.code.as_str()).increment(1);
+                match refusal.code {
+                    ErrorCode::TooManyOps => crate::limits::hit("ops_per_batch"),
+                    ErrorCode::StateTooLarge => crate::limits::hit("state_size"),
+                    _ => {}
+                }
                 let reject = ServerMsg::Reject {
                     cid,
                     code: refusal.code.as_str().to_owned(),
@@ -743,6 +779,7 @@ impl Room {
                         let error = ServerMsg::Error {
                             code: ErrorCode::UnknownPlayer.as_str().to_owned(),
                             message: format!("{to} is not connected to this room"),
+                            retry_ms: None,
                         };
                         self.send_to(player, encode(&error));
                     }

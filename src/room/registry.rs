@@ -195,6 +195,7 @@ impl Registry {
     /// Creates room `id` unless another join just did; returns its handle.
     fn create(&self, id: &str, room_type: &'static str) -> Result<RoomHandle, Refusal> {
         if self.inner.rooms.len() >= self.inner.max_rooms {
+            crate::limits::hit("rooms");
             return Err(Refusal::new(
                 ErrorCode::TooManyRooms,
                 format!("this node holds {} rooms, its limit", self.inner.max_rooms),

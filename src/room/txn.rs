@@ -28,6 +28,9 @@ impl Refusal {
 
 impl From<PathError> for Refusal {
     fn from(e: PathError) -> Refusal {
+        if matches!(e, PathError::TooDeep { .. } | PathError::KeyTooLong { .. }) {
+            crate::limits::hit("path");
+        }
         Refusal::new(ErrorCode::BadPath, e.to_string())
     }
 }

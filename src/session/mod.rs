@@ -29,6 +29,7 @@ use tokio::time::{sleep_until, Instant as TokioInstant};
 use tracing::Instrument;
 
 use crate::cluster::wire::NodeMsg;
+use crate::limits::{self, TokenBucket};
 use crate::protocol::{
     decode_client, encode, ClientMsg, CloseCode, ErrorCode, Join, ServerMsg, PROTOCOL_VERSION,
 };
@@ -57,6 +58,18 @@ pub async fn run(socket: WebSocket, node: Arc<Node>, peer: SocketAddr) {
             left: false,
             bad_frames: 0,
             last_rx: Instant::now(),
+            ops_bucket: TokenBucket::new(
+                node.config.rate_ops_per_sec,
+                node.config.rate_ops_burst,
+                Instant::now(),
+            ),
+            bytes_bucket: TokenBucket::new(
+                node.config.rate_bytes_per_sec,
+                node.config.rate_bytes_burst,
+                Instant::now(),
+            ),
+            strikes: 0,
+            strikes_since: Instant::now(),
         };
         session.read(stream).await;
         if session.joined.is_some() {
@@ -87,7 +100,17 @@ struct Session {
     bad_frames: u32,
     /// When the last frame of any kind arrived.
     last_rx: Instant,
+    /// `--rate-ops-per-sec`: every frame costs 1, an `ops` batch its op count.
+    ops_bucket: TokenBucket,
+    /// `--rate-bytes-per-sec`: binary and text frame payloads.
+    bytes_bucket: TokenBucket,
+    /// Frames refused for rate since `strikes_since` (a window of [`STRIKE_WINDOW`]).
+    strikes: u32,
+    strikes_since: Instant,
 }
+
+/// The window in which `--rate-limit-strikes` refused frames close a connection.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Whether to keep reading.
 enum Flow {
@@ -136,6 +159,7 @@ impl Session {
                 _ = &mut timer => {
                     let now = Instant::now();
                     if self.joined.is_none() && now >= handshake_deadline {
+                        limits::hit("handshake_timeout");
                         control.close(CloseCode::HandshakeTimeout, "no hello and join in time");
                         return;
                     }
@@ -156,8 +180,11 @@ impl Session {
                             self.node.metrics.bytes_in.increment(bytes.len() as u64);
                             self.frame(&bytes).await
                         }
-                        Some(Ok(Message::Text(_))) => {
-                            self.bad_frame(ErrorCode::BadFrame, "text frames are not part of the protocol; send binary MessagePack".into()).await
+                        Some(Ok(Message::Text(text))) => {
+                            match self.over_rate(text.len() as u64, 1, None).await {
+                                Some(flow) => flow,
+                                None => self.bad_frame(ErrorCode::BadFrame, "text frames are not part of the protocol; send binary MessagePack".into()).await,
+                            }
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
                         Some(Ok(Message::Close(_))) => { control.gone("client_closed"); Flow::Stop }
@@ -177,6 +204,7 @@ impl Session {
             .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
         if too_large {
             counter!(names::BAD_FRAMES, "code" => "frame_too_large").increment(1);
+            limits::hit("frame_size");
             let max = self.node.config.max_frame_bytes;
             self.control().close(CloseCode::FrameTooLarge, format!("max {max} bytes"));
         } else {
@@ -192,7 +220,7 @@ impl Session {
     }
 
     async fn error(&self, code: ErrorCode, message: String) {
-        self.send(&ServerMsg::Error { code: code.as_str().to_owned(), message }).await;
+        self.send(&ServerMsg::Error { code: code.as_str().to_owned(), message, retry_ms: None }).await;
     }
 
     async fn bad_frame(&mut self, code: ErrorCode, message: String) -> Flow {
@@ -201,17 +229,66 @@ impl Session {
         self.bad_frames += 1;
         self.error(code, message).await;
         if self.bad_frames > self.node.config.max_bad_frames {
+            limits::hit("bad_frames");
             self.control().close(CloseCode::ProtocolError, "too many malformed frames");
             return Flow::Stop;
         }
         Flow::Continue
     }
 
+    /// Charges a frame of `bytes` bytes costing `ops` ops (`cid` for an op batch) to the
+    /// rate buckets. `Some(flow)` when it is over the budget and was refused: then the client
+    /// got `reject`/`error` `rate_limited`, or the connection closes with 4005 after
+    /// `--rate-limit-strikes` refusals within [`STRIKE_WINDOW`].
+    async fn over_rate(&mut self, bytes: u64, ops: u64, cid: Option<u64>) -> Option<Flow> {
+        let now = Instant::now();
+        let (limit, wait_ms) = if bytes > 0 && !self.bytes_bucket.take(bytes, now) {
+            ("bytes_rate", self.bytes_bucket.wait_ms(bytes))
+        } else if ops > 0 && !self.ops_bucket.take(ops, now) {
+            ("ops_rate", self.ops_bucket.wait_ms(ops))
+        } else {
+            return None;
+        };
+        limits::hit(limit);
+        if now.duration_since(self.strikes_since) > STRIKE_WINDOW {
+            self.strikes = 0;
+            self.strikes_since = now;
+        }
+        self.strikes += 1;
+        if self.strikes > self.node.config.rate_limit_strikes {
+            limits::hit("rate_abuse");
+            self.control().close(CloseCode::RateLimited, format!("{limit} exceeded repeatedly"));
+            return Some(Flow::Stop);
+        }
+        let message = format!("{limit} limit exceeded; retry in {wait_ms} ms");
+        let code = ErrorCode::RateLimited.as_str().to_owned();
+        let reply = match cid {
+            Some(cid) => ServerMsg::Reject { cid, code, message },
+            None => ServerMsg::Error { code, message, retry_ms: Some(wait_ms) },
+        };
+        self.send(&reply).await;
+        Some(Flow::Continue)
+    }
+
     async fn frame(&mut self, bytes: &Bytes) -> Flow {
+        // Decoding comes first so that a refused op batch is answered with its cid; its cost
+        // is bounded by --max-frame-bytes, and a frame that fails to decode is charged too.
         let msg = match decode_client(bytes) {
             Ok(msg) => msg,
-            Err(e) => return self.bad_frame(ErrorCode::BadFrame, e.to_string()).await,
+            Err(e) => {
+                if let Some(flow) = self.over_rate(bytes.len() as u64, 1, None).await {
+                    return flow;
+                }
+                return self.bad_frame(ErrorCode::BadFrame, e.to_string()).await;
+            }
         };
+        let (cost, cid) = match &msg {
+            ClientMsg::Ops { cid, ops } => (ops.len().max(1) as u64, Some(*cid)),
+            _ => (1, None),
+        };
+        if let Some(flow) = self.over_rate(bytes.len() as u64, cost, cid).await {
+            return flow;
+        }
         match &msg {
             ClientMsg::Ops { .. } => self.node.metrics.frames_in_ops.increment(1),
             ClientMsg::Ping { .. } => self.node.metrics.frames_in_ping.increment(1),
@@ -294,8 +371,34 @@ impl Session {
             self.error(ErrorCode::AlreadyJoined, "this connection already joined a room".into()).await;
             return Flow::Continue;
         }
+        let player = match &self.node.auth {
+            None => None,
+            // A resume may rest on its session token alone: it is signed and bound to the
+            // player and room. A token sent along must still be valid and name that player.
+            Some(_) if join.session.is_some() && join.token.is_none() => None,
+            Some(auth) => match auth.verify(join.token.as_deref(), &join.room) {
+                Ok(claims) => Some(Arc::<str>::from(claims.sub)),
+                Err(e) => {
+                    counter!(names::AUTH_FAILURES, "reason" => e.label()).increment(1);
+                    tracing::debug!(room = %join.room, error = %e, "join refused");
+                    self.error(e.code(), e.to_string()).await;
+                    self.control().close(CloseCode::Unauthorized, e.label());
+                    return Flow::Stop;
+                }
+            },
+        };
+        if join.session.is_none() && self.node.overloaded() {
+            limits::hit("overload");
+            let retry_ms = self.node.shed_hint_ms();
+            let message =
+                format!("this node is past its load limit; retry in {retry_ms} ms, preferably elsewhere");
+            let code = ErrorCode::Overloaded.as_str().to_owned();
+            self.send(&ServerMsg::Error { code, message, retry_ms: Some(retry_ms) }).await;
+            return Flow::Continue;
+        }
         let req = JoinRequest {
             conn: MemberConn::Local(self.conn.clone()),
+            player,
             session: join.session,
             epoch: join.epoch,
             seq: join.seq,

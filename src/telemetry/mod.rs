@@ -72,7 +72,7 @@ pub fn render() -> String {
 fn register_at_zero() {
     use metrics::{counter, gauge};
     use names::*;
-    for name in [CONNECTIONS, ROOMS, PLAYERS] {
+    for name in [CONNECTIONS, ROOMS, PLAYERS, SCHEDULING_LAG] {
         gauge!(name).increment(0.0);
     }
     for name in [
@@ -111,6 +111,12 @@ fn register_at_zero() {
     for op in FENCING_OPS {
         counter!(FENCING_REJECTIONS, "op" => *op).increment(0);
     }
+    for limit in crate::limits::LIMITS {
+        counter!(LIMIT_HITS, "limit" => *limit).increment(0);
+    }
+    for reason in crate::auth::AuthError::LABELS {
+        counter!(AUTH_FAILURES, "reason" => reason).increment(0);
+    }
 }
 
 fn describe() {
@@ -130,6 +136,13 @@ fn describe() {
     describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to sockets");
     describe_counter!(OPS_ACCEPTED, "Op batches applied");
     describe_counter!(OPS_REJECTED, "Op batches rejected, by error code");
+    describe_counter!(LIMIT_HITS, "Times a limit was hit, by limit");
+    describe_counter!(AUTH_FAILURES, "Joins refused for their join token, by reason");
+    describe_gauge!(
+        SCHEDULING_LAG,
+        Unit::Seconds,
+        "How late the runtime woke a 100 ms ticker (latest sample)"
+    );
     describe_counter!(OPS_DUPLICATE, "Retried cids answered with their original ack");
     describe_counter!(DELTAS, "Deltas sequenced");
     describe_counter!(DELIVERIES, "Messages queued to members");

@@ -75,6 +75,15 @@ pub const REDIS_ERRORS: &str = "gamerelay_redis_errors_total";
 /// the lease could not be renewed within two thirds of its TTL (fenced locally, before it can
 /// expire in Redis).
 pub const FENCING_REJECTIONS: &str = "gamerelay_fencing_rejections_total";
+/// Counter: times a limit was hit, by `limit` (one of `limits::LIMITS`, e.g. `ops_rate`,
+/// `connections_per_ip`, `overload`; docs/SECURITY.md lists each).
+pub const LIMIT_HITS: &str = "gamerelay_limit_hits_total";
+/// Counter: joins refused for their join token, by `reason` (`missing`, `invalid`,
+/// `expired`, `room_not_allowed`).
+pub const AUTH_FAILURES: &str = "gamerelay_auth_failures_total";
+/// Gauge (seconds): how late the node's runtime woke a task that asked to wake every 100 ms
+/// (the latest sample): CPU saturation or a stalled process. Drives `--shed-lag-ms`.
+pub const SCHEDULING_LAG: &str = "gamerelay_scheduling_lag_seconds";
 /// Gauge: 1, with labels `version` and `node`.
 pub const BUILD_INFO: &str = "gamerelay_build_info";
 
@@ -138,6 +147,9 @@ pub const ALL: &[&str] = &[
     REDIS_SECONDS,
     REDIS_ERRORS,
     FENCING_REJECTIONS,
+    LIMIT_HITS,
+    AUTH_FAILURES,
+    SCHEDULING_LAG,
     BUILD_INFO,
     PROCESS_CPU_SECONDS,
     PROCESS_RESIDENT_MEMORY,

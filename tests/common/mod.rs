@@ -24,6 +24,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A node running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The operator listener (`--ops-listen`), if started with one.
+    pub ops_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -40,6 +42,7 @@ impl TestServer {
         gamerelay::telemetry::init_tracing(&config);
         let server = Server::bind(config).await.expect("bind test server");
         let addr = server.local_addr();
+        let ops_addr = server.ops_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -49,7 +52,7 @@ impl TestServer {
                 .await
                 .expect("server run");
         });
-        TestServer { addr, stop: Some(stop), task: Some(task) }
+        TestServer { addr, ops_addr, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self) -> String {
@@ -100,6 +103,20 @@ impl Raw {
     pub async fn connect(server: &TestServer) -> Raw {
         let (ws, _) = tokio_tungstenite::connect_async(server.url()).await.expect("connect");
         Raw { ws, buffered: VecDeque::new(), batch_frames: 0 }
+    }
+
+    /// Connects with extra request headers; `Err(status)` when the upgrade is refused.
+    pub async fn connect_with(server: &TestServer, headers: &[(&'static str, &str)]) -> Result<Raw, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = server.url().into_client_request().expect("request");
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().expect("header value"));
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Raw { ws, buffered: VecDeque::new(), batch_frames: 0 }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(e) => panic!("connect: {e}"),
+        }
     }
 
     pub async fn send(&mut self, msg: &ClientMsg) {

@@ -586,19 +586,24 @@ impl Node {
     /// --cluster-secret <CLUSTER_SECRET> --log warn <extra_args>`, and returns once `/healthz`
     /// answers 200. `extra_args` may override `--log`.
     pub async fn start(redis_url: &str, node_id: &str, extra_args: &[&str]) -> Node {
+        Node::start_with(Some(redis_url), node_id, extra_args).await
+    }
+
+    /// Starts a single node with the embedded backplane (no Redis), like [`Node::start`]
+    /// otherwise.
+    pub async fn start_embedded(node_id: &str, extra_args: &[&str]) -> Node {
+        Node::start_with(None, node_id, extra_args).await
+    }
+
+    async fn start_with(redis_url: Option<&str>, node_id: &str, extra_args: &[&str]) -> Node {
         let mut last_error = String::new();
         for _attempt in 0..3 {
             let port = free_port();
-            let mut args: Vec<String> = vec![
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--node-id".into(),
-                node_id.into(),
-                "--redis".into(),
-                redis_url.into(),
-                "--cluster-secret".into(),
-                CLUSTER_SECRET.into(),
-            ];
+            let mut args: Vec<String> =
+                vec!["--listen".into(), format!("127.0.0.1:{port}"), "--node-id".into(), node_id.into()];
+            if let Some(url) = redis_url {
+                args.extend(["--redis".into(), url.into(), "--cluster-secret".into(), CLUSTER_SECRET.into()]);
+            }
             if !extra_args.iter().any(|a| *a == "--log" || a.starts_with("--log=")) {
                 let filter = std::env::var("GAMERELAY_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into());
                 args.extend(["--log".into(), filter]);

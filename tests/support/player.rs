@@ -393,7 +393,7 @@ impl Player {
                 Recv::TimedOut => return Err(format!("no joined within {JOIN_TIMEOUT:?}")),
                 Recv::Closed { code, reason } => return Err(format!("closed {code} {reason}")),
                 Recv::Msg(ServerMsg::Welcome { node: n, .. }) => node = n,
-                Recv::Msg(ServerMsg::Error { code, message }) => {
+                Recv::Msg(ServerMsg::Error { code, message, .. }) => {
                     if code == ErrorCode::SessionExpired.as_str() {
                         if !self.rejoin_when_expired {
                             self.fail(&format!(
@@ -682,7 +682,7 @@ impl Player {
                     self.transmit(c, ops).await;
                 }
             }
-            ServerMsg::Error { code, message } => self.note(format!("error {code}: {message}")),
+            ServerMsg::Error { code, message, .. } => self.note(format!("error {code}: {message}")),
             ServerMsg::Presence { player, status, .. } => self.note(format!("presence {player} {status:?}")),
             ServerMsg::Pong { .. } => {}
             other => self.note(format!("unexpected {other:?}")),

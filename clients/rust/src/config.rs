@@ -32,7 +32,9 @@ pub struct ClientConfig {
     pub room: String,
     /// Room type, e.g. `doc` or `arena`.
     pub room_type: String,
-    /// Authentication token sent in `join` (ignored by servers without authentication).
+    /// Join token sent in `join`: a JWT from the game backend naming the player and its rooms.
+    /// Required by nodes with `--auth-key` (the player id is then the token's `sub`); ignored
+    /// by nodes in insecure development mode. See docs/SECURITY.md.
     pub token: Option<String>,
     /// Client name and version sent in `hello`, for the server's logs.
     pub client_name: String,

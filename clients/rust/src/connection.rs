@@ -201,7 +201,7 @@ async fn handshake_inner(url: String, hello: Bytes, join: Bytes) -> Result<Hands
                 let joined = Joined { room, player, session, resumed, cid, members, snapshot };
                 return Ok(Handshake { ws, limits, joined });
             }
-            Ok(ServerMsg::Error { code, message }) => {
+            Ok(ServerMsg::Error { code, message, .. }) => {
                 let (code, message) = parse_code(&code, message);
                 return Err(match code {
                     gamerelay::protocol::ErrorCode::SessionExpired => ClientError::SessionExpired { message },
@@ -644,7 +644,7 @@ impl Task {
                     }
                 }
             }
-            ServerMsg::Error { code, message } => {
+            ServerMsg::Error { code, message, .. } => {
                 let (code, message) = parse_code(&code, message);
                 tracing::warn!(%code, %message, "server error");
                 self.emit(Event::ServerError { code, message });

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use gamerelay::config::Config;
 use gamerelay::server::Server;
-use gamerelay_client::protocol::{Doc, Op};
+use gamerelay_client::protocol::{Doc, ErrorCode, Op};
 use gamerelay_client::{Client, ClientConfig, ConnectionState, Event, EventStream, ReconnectPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -226,6 +226,37 @@ async fn a_resume_after_the_grace_reports_session_expired() {
         "{ev:?}"
     );
     assert!(matches!(a.close_reason(), Some(gamerelay_client::ClientError::SessionExpired { .. })));
+    node.stop().await;
+}
+
+/// Against a node with join keys: without a token the join is refused (and not retried);
+/// with one the client is the token's player, and it resumes as that player after a drop
+/// (sending its token along with the session).
+#[tokio::test]
+async fn the_join_token_names_the_player_and_survives_a_resume() {
+    const KEY: &str = "k1:0123456789abcdef0123456789abcdef";
+    let node = Node::start(&["--auth-key", KEY]).await;
+    let refused = Client::connect(config(node.url(), "secure")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(gamerelay_client::ClientError::JoinRefused { code: ErrorCode::Unauthorized, .. })
+        ),
+        "{:?}",
+        refused.err()
+    );
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300;
+    let claims = gamerelay::auth::JoinClaims { sub: "hero-1".into(), rooms: vec!["secure".into()], exp };
+    let token = gamerelay::auth::sign(KEY, &claims).unwrap();
+    let proxy = Proxy::start(node.addr).await;
+    let a = Client::connect(config(proxy.url(), "secure").with_token(token)).await.unwrap();
+    assert_eq!(a.player_id(), "hero-1");
+    let mut events = a.subscribe();
+    proxy.cut();
+    wait_for(&mut events, "resumed", |e| matches!(e, Event::Resumed { .. })).await;
+    a.send_ops(inc("players/hero-1/n")).await.unwrap();
+    eventually("the op to apply", || a.get("players/hero-1/n") == Some(Doc::Int(1))).await;
+    a.close().await;
     node.stop().await;
 }
 

@@ -412,7 +412,12 @@ async fn session_expired_closes_the_client_instead_of_joining_afresh() {
         let mut conn = mock.accept().await;
         conn.expect_hello_join().await;
         conn.send(&welcome()).await;
-        conn.send(&ServerMsg::Error { code: "session_expired".into(), message: "grace over".into() }).await;
+        conn.send(&ServerMsg::Error {
+            code: "session_expired".into(),
+            message: "grace over".into(),
+            retry_ms: None,
+        })
+        .await;
         mock.expect_no_connection(Duration::from_millis(300)).await;
     });
     let client = Client::connect(config).await.unwrap();
@@ -635,7 +640,12 @@ async fn a_refused_join_is_returned_by_connect() {
         let mut conn = mock.accept().await;
         conn.expect_hello_join().await;
         conn.send(&welcome()).await;
-        conn.send(&ServerMsg::Error { code: "room_full".into(), message: "64 players".into() }).await;
+        conn.send(&ServerMsg::Error {
+            code: "room_full".into(),
+            message: "64 players".into(),
+            retry_ms: None,
+        })
+        .await;
     });
     match Client::connect(config).await {
         Err(ClientError::JoinRefused { code, .. }) => assert_eq!(code, ErrorCode::RoomFull),

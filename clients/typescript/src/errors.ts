@@ -21,12 +21,15 @@ export type ErrorCode =
   | "unknown_player"
   | "rate_limited"
   | "unavailable"
-  | "internal";
+  | "internal"
+  | "unauthorized"
+  | "token_expired"
+  | "overloaded";
 
 /** Codes the client itself uses for failures that are not a server's answer. */
 export type ClientErrorCode = "closed" | "timeout" | "protocol" | "invalid_request" | "not_connected";
 
-const RETRYABLE: ReadonlySet<string> = new Set(["rate_limited", "unavailable", "internal"]);
+const RETRYABLE: ReadonlySet<string> = new Set(["rate_limited", "unavailable", "internal", "overloaded"]);
 
 /** Whether sending the same request again later may succeed (§14). Unknown codes: no. */
 export function isRetryable(code: string): boolean {

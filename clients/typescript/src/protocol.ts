@@ -136,6 +136,8 @@ export interface ErrorMsg {
   t: "error";
   code: string;
   message: string;
+  /** With retryable codes such as `overloaded` and `rate_limited`: wait about this many ms. */
+  retry_ms?: number;
 }
 export interface Batch {
   t: "batch";
@@ -364,8 +366,12 @@ function parseServer(f: Fields, t: string): ServerMessage {
       return { t, room: f.str("room"), player: f.str("player"), status: presenceStatus(f.str("status")) };
     case "pong":
       return { t, id: f.uint("id"), time: f.uint("time") };
-    case "error":
-      return { t, code: f.str("code"), message: f.str("message") };
+    case "error": {
+      const msg: ErrorMsg = { t, code: f.str("code"), message: f.str("message") };
+      const retryMs = f.nullable("retry_ms", f.uint);
+      if (retryMs !== null) msg.retry_ms = retryMs;
+      return msg;
+    }
     case "batch":
       return {
         t,

@@ -83,7 +83,11 @@ export interface ClientOptions {
 export interface JoinOptions {
   /** Room type (`doc`, `arena`); must match an existing room's type. */
   type: string;
-  /** Authentication token (`join.token`; ignored by servers without authentication). */
+  /**
+   * Join token (`join.token`): a JWT from your game backend naming the player and the rooms it
+   * may join. Required by nodes with `--auth-key` (the player id is then the token's `sub`);
+   * ignored by nodes in insecure development mode (docs/SECURITY.md).
+   */
   token?: string;
   /** More `join` fields, sent as given on every join and resume (for extensions such as auth). */
   fields?: Record<string, Value>;
