@@ -23,8 +23,9 @@ FROM debian:bookworm-slim AS node
 RUN useradd --system --uid 10001 gamerelay
 COPY --from=build /src/target/release/gamerelay /usr/local/bin/gamerelay
 USER gamerelay
-# Inside the container the node must listen on all interfaces; publish the port on
-# loopback only (see docker-compose.yml) until authentication is configured.
+# Inside the container the node must listen on all interfaces, which it refuses to do
+# without join authentication: run it with GAMERELAY_AUTH_KEYS (docs/SECURITY.md), or, for a
+# local demo published on loopback only, GAMERELAY_INSECURE_DEV=true (docker-compose.yml).
 ENV GAMERELAY_LISTEN=0.0.0.0:8080 GAMERELAY_LOG_FORMAT=json
 EXPOSE 8080
 # bash, not sh: Debian's sh (dash) has no /dev/tcp.
