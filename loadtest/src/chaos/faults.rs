@@ -30,14 +30,11 @@ pub enum FaultKind {
     RedisCut,
     /// Reset every Redis connection of a node (TCP RST from its Redis proxy).
     RedisReset,
+    /// Reload HAProxy (a new process takes the ports; the old one keeps its tunnels).
+    HaproxyReload,
 }
 
 impl FaultKind {
-    /// Whether the fault targets one node (else the cluster's Redis).
-    pub fn targets_node(self) -> bool {
-        !matches!(self, FaultKind::RedisRestart)
-    }
-
     /// Whether the fault needs the cluster's Redis proxies (`scripts/cluster up --redis-proxies`).
     pub fn needs_redis_proxies(self) -> bool {
         matches!(self, FaultKind::RedisCut | FaultKind::RedisReset)
@@ -134,6 +131,7 @@ impl Cluster {
                 self.signal(&proxy, "HUP").await
             }
             FaultKind::RedisReset => self.signal(&format!("redis-proxy-{node}"), "USR2").await,
+            FaultKind::HaproxyReload => self.cluster(&["reload", "haproxy"]).await,
             FaultKind::RedisRestart => {
                 // Started again at once: the outage stays well inside the two thirds of a
                 // lease an owner waits before it stops owning (a longer outage that also

@@ -68,6 +68,7 @@ pub struct ChaosArgs {
             FaultKind::RedisRestart,
             FaultKind::RedisCut,
             FaultKind::RedisReset,
+            FaultKind::HaproxyReload,
         ]
     )]
     pub faults: Vec<FaultKind>,
@@ -354,10 +355,10 @@ async fn inject_faults(cluster: &Cluster, args: &ChaosArgs, end: Instant, t0: In
     loop {
         time::sleep(gap).await;
         let kind = args.faults[rng.below(args.faults.len())];
-        let node = if kind.targets_node() {
-            cluster.nodes[rng.below(cluster.nodes.len())].clone()
-        } else {
-            "redis".to_string()
+        let node = match kind {
+            FaultKind::HaproxyReload => "haproxy".to_string(),
+            FaultKind::RedisRestart => "redis".to_string(),
+            _ => cluster.nodes[rng.below(cluster.nodes.len())].clone(),
         };
         let worst = lease + Duration::from_secs(3);
         if Instant::now() + worst >= end {
