@@ -97,6 +97,16 @@ struct FaultRecord {
     error: Option<String>,
 }
 
+/// Recovery times of one fault kind.
+#[derive(Debug, Serialize)]
+struct KindRecovery {
+    kind: FaultKind,
+    faults: usize,
+    recovered: usize,
+    p50_ms: Option<f64>,
+    max_ms: Option<f64>,
+}
+
 /// The figures of a chaos run (the `--json` line).
 #[derive(Debug, Serialize)]
 struct ChaosFigures {
@@ -111,6 +121,8 @@ struct ChaosFigures {
     faults_by_kind: Vec<(FaultKind, usize)>,
     /// Time from a fault to every client writing again (faults that recovered).
     recovery_ms: Option<LatencySummary>,
+    /// The same per fault kind.
+    recovery_by_kind: Vec<KindRecovery>,
     faults_not_recovered: usize,
     ops_sent: u64,
     ops_acked: u64,
@@ -416,6 +428,27 @@ fn figures(
     }
     let mut hist = LatencyHistogram::new();
     hist.add(&samples);
+    let mut recovery_by_kind = Vec::new();
+    for kind in args.faults.iter().copied() {
+        if recovery_by_kind.iter().any(|r: &KindRecovery| r.kind == kind) {
+            continue;
+        }
+        let of_kind: Vec<&FaultRecord> = faults.iter().filter(|f| f.kind == kind).collect();
+        let mut s = Samples::default();
+        for ms in of_kind.iter().filter_map(|f| f.recovery_ms) {
+            s.push(Duration::from_millis(ms));
+        }
+        let mut h = LatencyHistogram::new();
+        h.add(&s);
+        let summary = h.summary();
+        recovery_by_kind.push(KindRecovery {
+            kind,
+            faults: of_kind.len(),
+            recovered: of_kind.iter().filter(|f| f.recovery_ms.is_some()).count(),
+            p50_ms: summary.as_ref().map(|l| l.p50),
+            max_ms: summary.as_ref().map(|l| l.max),
+        });
+    }
     let count = |pred: &dyn Fn(&Seen) -> bool| -> u64 {
         histories.iter().map(|h| h.seen.iter().filter(|(_, s)| pred(s)).count() as u64).sum()
     };
@@ -468,6 +501,7 @@ fn figures(
         faults_by_kind: by_kind,
         faults,
         recovery_ms: hist.summary(),
+        recovery_by_kind,
         ops_sent: sent,
         ops_acked: acked,
         ops_refused: refused,
@@ -514,6 +548,18 @@ fn table(f: &ChaosFigures) -> Table {
         f.recovery_ms
             .as_ref()
             .map_or("n/a".into(), |l| format!("p50 {}  max {}  ({} faults)", l.p50, l.max, l.samples)),
+    )
+    .row(
+        "by kind",
+        f.recovery_by_kind
+            .iter()
+            .filter(|r| r.faults > 0)
+            .map(|r| match (r.p50_ms, r.max_ms) {
+                (Some(p50), Some(max)) => format!("{:?} p50 {p50} max {max}", r.kind),
+                _ => format!("{:?} not recovered", r.kind),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
     )
     .row(
         "ops",
