@@ -368,7 +368,20 @@ def overview():
             ],
             unit="ops",
         ),
-        24,
+        12,
+        8,
+    )
+    L.add(
+        timeseries(
+            "Outbound queue depth",
+            "Frames waiting in a connection's outbound queue when its writer wakes up, p50 and p99 over the fleet: how far behind the sockets run (the queue holds --outbox-frames; a full one means a resync).",
+            [
+                ("histogram_quantile(%s, sum by (le) (rate(gamerelay_outbox_depth_frames_bucket" % q + J + "[$__rate_interval])))", "p" + p)
+                for q, p in (("0.5", "50"), ("0.99", "99"))
+            ],
+            unit="short",
+        ),
+        12,
         8,
     )
 
@@ -506,11 +519,12 @@ def node():
     )
     L.add(
         timeseries(
-            "Delta and state size p99 by room type",
-            "Encoded delta size and room state size at snapshots, 99th percentile, by room type.",
+            "Delta, state and snapshot size p99",
+            "Encoded delta size and room state size at snapshots sent to clients, 99th percentile, by room type; room snapshots written to Redis (cluster mode).",
             [
                 ("histogram_quantile(0.99, sum by (type, le) (rate(gamerelay_delta_size_bytes_bucket" + I + "[$__rate_interval])))", "delta {{type}}"),
                 ("histogram_quantile(0.99, sum by (type, le) (rate(gamerelay_state_size_bytes_bucket" + I + "[$__rate_interval])))", "state {{type}}"),
+                ("histogram_quantile(0.99, sum by (le) (rate(gamerelay_snapshot_size_bytes_bucket" + I + "[$__rate_interval])))", "Redis snapshot"),
             ],
             unit="bytes",
         ),

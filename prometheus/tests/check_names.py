@@ -239,7 +239,9 @@ def main(argv):
     rules = read_rules()
     records = {r[1] for r in rules if r[0] == "record"}
     # A histogram's series: <name>_bucket, _sum and _count.
-    series = {f"{n}_{s}" for n in documented for s in ("bucket", "sum", "count") if n.endswith(("_seconds", "_bytes"))}
+    series = {
+        f"{n}_{s}" for n in documented for s in ("bucket", "sum", "count") if n.endswith(("_seconds", "_bytes", "_frames"))
+    }
     known = documented | records | series
 
     for kind, name, expr, file in rules:

@@ -602,6 +602,7 @@ impl Backplane for RedisBackplane {
 
     async fn snapshot(&self, room: &str, snapshot: &RoomSnapshot) -> Result<(), BackplaneError> {
         let blob = rmp_serde::to_vec_named(snapshot).map_err(|e| BackplaneError::Corrupt(e.to_string()))?;
+        histogram!(names::SNAPSHOT_BYTES).record(blob.len() as f64);
         let trim_below = snapshot.seq.saturating_sub(self.settings.keep_below_snapshot).max(1);
         let mut conn = self.conn.clone();
         let sent = Instant::now();

@@ -84,6 +84,8 @@ async fn write_batch(
     queue: &mut mpsc::Receiver<Bytes>,
     metrics: &HotMetrics,
 ) -> Result<(), ()> {
+    // What was waiting when the writer woke up: `first` and the rest of the queue.
+    metrics.outbox_depth.record((queue.len() + 1) as f64);
     let mut frames = 1u64;
     let mut bytes = first.len() as u64;
     sink.feed(Message::Binary(first)).await.map_err(|_| ())?;

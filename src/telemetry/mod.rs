@@ -39,6 +39,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
                     &[64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0],
                 )
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_frames".into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+                )
+            })
             .map(|b| b.build_recorder())
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
@@ -157,6 +163,12 @@ fn describe() {
     describe_counter!(SLOW_CONSUMERS, "Members closed after lagging past the slow-consumer timeout");
     describe_counter!(BAD_FRAMES, "Malformed frames, by error code");
     describe_histogram!(SNAPSHOT_SECONDS, Unit::Seconds, "Writing one room snapshot to the backplane");
+    describe_histogram!(SNAPSHOT_BYTES, Unit::Bytes, "One room snapshot as written to Redis");
+    describe_histogram!(
+        OUTBOX_DEPTH,
+        Unit::Count,
+        "A connection's outbound queue depth when its writer wakes up"
+    );
     describe_counter!(CLAIMS, "Rooms claimed by this node, by outcome");
     describe_counter!(HANDOFFS, "Rooms this node stopped owning because it was fenced or a commit failed");
     describe_histogram!(REDIS_SECONDS, Unit::Seconds, "One Redis round trip of the backplane, by op");
@@ -175,6 +187,7 @@ pub struct HotMetrics {
     pub deliveries: Counter,
     pub ops_accepted: Counter,
     pub fanout_seconds: Histogram,
+    pub outbox_depth: Histogram,
     /// `gamerelay_frames_received_total{kind}` for the hot kinds.
     pub frames_in_ops: Counter,
     pub frames_in_ping: Counter,
@@ -192,6 +205,7 @@ impl HotMetrics {
             deliveries: metrics::counter!(names::DELIVERIES),
             ops_accepted: metrics::counter!(names::OPS_ACCEPTED),
             fanout_seconds: metrics::histogram!(names::FANOUT_SECONDS),
+            outbox_depth: metrics::histogram!(names::OUTBOX_DEPTH),
             frames_in_ops: metrics::counter!(names::FRAMES_IN, "kind" => "ops"),
             frames_in_ping: metrics::counter!(names::FRAMES_IN, "kind" => "ping"),
         }

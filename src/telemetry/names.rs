@@ -58,6 +58,10 @@ pub const SLOW_CONSUMERS: &str = "gamerelay_slow_consumer_disconnects_total";
 pub const BAD_FRAMES: &str = "gamerelay_bad_frames_total";
 /// Histogram (seconds): writing one room snapshot to the backplane (cluster mode).
 pub const SNAPSHOT_SECONDS: &str = "gamerelay_snapshot_duration_seconds";
+/// Histogram (bytes): one room snapshot as written to Redis (cluster mode).
+pub const SNAPSHOT_BYTES: &str = "gamerelay_snapshot_size_bytes";
+/// Histogram (frames): a connection's outbound queue depth each time its writer wakes up.
+pub const OUTBOX_DEPTH: &str = "gamerelay_outbox_depth_frames";
 /// Counter: rooms claimed (ownership taken) by this node, by `outcome` (`new`, `restored`).
 pub const CLAIMS: &str = "gamerelay_room_claims_total";
 /// Counter: rooms this node stopped owning because it was fenced or a commit failed.
@@ -142,6 +146,8 @@ pub const ALL: &[&str] = &[
     SLOW_CONSUMERS,
     BAD_FRAMES,
     SNAPSHOT_SECONDS,
+    SNAPSHOT_BYTES,
+    OUTBOX_DEPTH,
     CLAIMS,
     HANDOFFS,
     REDIS_SECONDS,
