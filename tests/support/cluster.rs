@@ -52,6 +52,8 @@ pub const POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     RedisServer,
+    /// `redis-cli`, for `--cluster create` (Debian: in redis-tools, which redis-server needs).
+    RedisCli,
     Haproxy,
     Openssl,
 }
@@ -60,6 +62,7 @@ impl Tool {
     fn name(self) -> &'static str {
         match self {
             Tool::RedisServer => "redis-server",
+            Tool::RedisCli => "redis-cli",
             Tool::Haproxy => "haproxy",
             Tool::Openssl => "openssl",
         }
@@ -68,6 +71,7 @@ impl Tool {
     fn env_override(self) -> &'static str {
         match self {
             Tool::RedisServer => "GAMERELAY_TEST_REDIS_SERVER",
+            Tool::RedisCli => "GAMERELAY_TEST_REDIS_CLI",
             Tool::Haproxy => "GAMERELAY_TEST_HAPROXY",
             Tool::Openssl => "GAMERELAY_TEST_OPENSSL",
         }
@@ -76,6 +80,7 @@ impl Tool {
     fn debian_package(self) -> &'static str {
         match self {
             Tool::RedisServer => "redis-server",
+            Tool::RedisCli => "redis-tools",
             Tool::Haproxy => "haproxy",
             Tool::Openssl => "openssl",
         }
@@ -94,7 +99,7 @@ impl Tool {
             .find(|p| is_executable(p))
     }
 
-    fn require(self) -> PathBuf {
+    pub fn require(self) -> PathBuf {
         self.path().unwrap_or_else(|| {
             panic!(
                 "{} not found (apt-get install {}, or set {})",
