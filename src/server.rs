@@ -19,8 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::backplane::embedded::EmbeddedBackplane;
 use crate::backplane::{Backplane, BackplaneError};
-use crate::cluster::keys::Keys;
 use crate::cluster::conn::Target;
+use crate::cluster::keys::Keys;
 use crate::cluster::redis::{RedisBackplane, RedisSettings};
 use crate::cluster::relay::Relay;
 use crate::config::{Config, ConfigError};

@@ -108,7 +108,11 @@ impl Target {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let root_cert = match ca_file {
                 Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    redis::RedisError::from((redis::ErrorKind::Io, "cannot read --redis-ca-file", e.to_string()))
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "cannot read --redis-ca-file",
+                        e.to_string(),
+                    ))
                 })?),
                 None => None,
             };
@@ -151,8 +155,9 @@ impl Conn {
             Conn::Single(c) => wait.query_async(c).await,
             Conn::Cluster(c) => {
                 let route = Route::with_key(key, SlotAddr::Master);
-                let value =
-                    c.route_command(wait, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route))).await?;
+                let value = c
+                    .route_command(wait, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)))
+                    .await?;
                 redis::from_redis_value(value).map_err(Into::into)
             }
         }
@@ -198,10 +203,7 @@ mod tests {
             Target::parse("redis-cluster://u:p@a:1,b:2"),
             Ok(Target::Cluster(vec!["redis://u:p@a:1".into(), "redis://u:p@b:2".into()]))
         );
-        assert_eq!(
-            Target::parse("rediss-cluster://a:1/"),
-            Ok(Target::Cluster(vec!["rediss://a:1".into()]))
-        );
+        assert_eq!(Target::parse("rediss-cluster://a:1/"), Ok(Target::Cluster(vec!["rediss://a:1".into()])));
         assert_eq!(
             Target::parse("redis://a:1, redis://b:2"),
             Ok(Target::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()]))

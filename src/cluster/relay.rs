@@ -112,7 +112,8 @@ impl Relay {
     ) -> Result<Relay, BackplaneError> {
         let err = |e: redis::RedisError| BackplaneError::Unavailable(e.to_string());
         let conn = target.connect(ca_file, timeout).await.map_err(err)?;
-        let (sink, stream) = subscribe_inbox(target, ca_file, timeout, &keys, &incarnation).await.map_err(err)?;
+        let (sink, stream) =
+            subscribe_inbox(target, ca_file, timeout, &keys, &incarnation).await.map_err(err)?;
         let relay = Relay {
             inner: Arc::new(Inner {
                 target: target.clone(),
@@ -394,22 +395,21 @@ impl Relay {
     /// The single-Redis pub/sub connection ended: close every follow, connect anew.
     /// Leaves `stream` as [`Incoming::Closed`] on shutdown.
     async fn lost(&self, stream: &mut Incoming, shutdown: &CancellationToken) {
-                tracing::error!("Redis pub/sub connection lost; closing followed rooms' connections");
-                self.inner.alive.store(false, Ordering::Relaxed);
-                let follows: Vec<Arc<Follow>> =
-                    self.inner.follows.iter().map(|e| e.value().clone()).collect();
-                self.inner.follows.clear();
-                for follow in follows {
-                    close_all(&follow, CloseCode::RoomMoved, "lost the link to the room's owner");
-                }
-                match self.reconnect(shutdown).await {
-                    Some(next) => {
-                        *stream = next;
-                        self.inner.alive.store(true, Ordering::Relaxed);
-                        tracing::info!("Redis pub/sub connection restored");
-                    }
-                    None => *stream = Incoming::Closed,
-                }
+        tracing::error!("Redis pub/sub connection lost; closing followed rooms' connections");
+        self.inner.alive.store(false, Ordering::Relaxed);
+        let follows: Vec<Arc<Follow>> = self.inner.follows.iter().map(|e| e.value().clone()).collect();
+        self.inner.follows.clear();
+        for follow in follows {
+            close_all(&follow, CloseCode::RoomMoved, "lost the link to the room's owner");
+        }
+        match self.reconnect(shutdown).await {
+            Some(next) => {
+                *stream = next;
+                self.inner.alive.store(true, Ordering::Relaxed);
+                tracing::info!("Redis pub/sub connection restored");
+            }
+            None => *stream = Incoming::Closed,
+        }
     }
 
     /// Makes a new pub/sub connection (backing off while Redis is down) and subscribes the
@@ -418,8 +418,13 @@ impl Relay {
         let mut delay = Duration::from_millis(100);
         loop {
             let inner = &self.inner;
-            let attempt =
-                subscribe_inbox(&inner.target, inner.ca_file.as_deref(), inner.timeout, &inner.keys, &inner.incarnation);
+            let attempt = subscribe_inbox(
+                &inner.target,
+                inner.ca_file.as_deref(),
+                inner.timeout,
+                &inner.keys,
+                &inner.incarnation,
+            );
             match tokio::time::timeout(Duration::from_secs(2), attempt).await.unwrap_or_else(|_| {
                 Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out")))
             }) {
@@ -702,7 +707,10 @@ enum Incoming {
 
 /// What the receiving half heard.
 enum Event {
-    Message { channel: String, payload: Vec<u8> },
+    Message {
+        channel: String,
+        payload: Vec<u8>,
+    },
     /// A cluster shard link broke (the client reconnects and resubscribes by itself).
     Disconnected,
     /// Redis ended a subscription (a sharded channel whose slot moved, or our own unsubscribe).
@@ -717,7 +725,10 @@ impl Incoming {
         match self {
             Incoming::Single(stream) => {
                 let msg = stream.next().await?;
-                Some(Event::Message { channel: msg.get_channel_name().to_owned(), payload: msg.get_payload_bytes().to_vec() })
+                Some(Event::Message {
+                    channel: msg.get_channel_name().to_owned(),
+                    payload: msg.get_payload_bytes().to_vec(),
+                })
             }
             Incoming::Cluster(rx) => {
                 let push = rx.recv().await?;

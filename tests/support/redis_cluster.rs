@@ -54,6 +54,9 @@ impl RedisCluster {
                     // right after writing).
                     "--cluster-replica-validity-factor",
                     "0",
+                    // Replicas sync at once (the default waits 5 s for more replicas).
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ])
                 .await,
             );
@@ -80,7 +83,8 @@ impl RedisCluster {
     }
 
     /// Waits until every running server says `cluster_state:ok`, knows every server, and
-    /// the masters serve all 16384 slots.
+    /// the masters serve all 16384 slots, and every replica's link to its master is up
+    /// (its initial sync is done).
     pub async fn wait_ok(&self, timeout: Duration) {
         let ports: Vec<u16> = self.servers.iter().map(|s| s.port()).collect();
         let total = ports.len();
@@ -97,6 +101,13 @@ impl RedisCluster {
                         && info.contains(&format!("cluster_known_nodes:{total}"))
                         && info.contains("cluster_slots_ok:16384");
                     if !ok {
+                        return None;
+                    }
+                    let Ok(Resp::Bulk(Some(repl))) = redis_command(port, &["INFO", "replication"]) else {
+                        return None;
+                    };
+                    let repl = String::from_utf8_lossy(&repl);
+                    if repl.contains("role:slave") && !repl.contains("master_link_status:up") {
                         return None;
                     }
                     live += 1;
@@ -171,7 +182,9 @@ impl RedisCluster {
             })
             .flat_map(|text| {
                 text.lines()
-                    .filter_map(|l| l.strip_prefix(&prefix).and_then(|r| r.split(',').next()?.parse::<u64>().ok()))
+                    .filter_map(|l| {
+                        l.strip_prefix(&prefix).and_then(|r| r.split(',').next()?.parse::<u64>().ok())
+                    })
                     .collect::<Vec<_>>()
             })
             .sum()
