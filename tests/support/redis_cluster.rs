@@ -170,6 +170,46 @@ impl RedisCluster {
         new
     }
 
+    /// Moves hash slot `slot` from master `from` to master `to` (indexes in `servers`), the
+    /// way `redis-cli --cluster reshard` does it: IMPORTING / MIGRATING, MIGRATE every key
+    /// (clients meanwhile get ASK for moved keys and TRYAGAIN for scripts over both), then
+    /// SETSLOT NODE on every master. Returns how many keys moved.
+    pub fn migrate_slot(&self, slot: u16, from: usize, to: usize) -> usize {
+        let id = |i: usize| match redis_command(self.servers[i].port(), &["CLUSTER", "MYID"]) {
+            Ok(r) => r.as_str().unwrap_or_else(|| panic!("CLUSTER MYID on server {i}: {r:?}")),
+            Err(e) => panic!("CLUSTER MYID on server {i}: {e}"),
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let (src, dst) = (self.servers[from].port(), self.servers[to].port());
+        let slot_s = slot.to_string();
+        let ok = |port: u16, args: &[&str]| match redis_command(port, args) {
+            Ok(Resp::Error(e)) => panic!("{args:?} on {port}: {e}"),
+            Ok(r) => r,
+            Err(e) => panic!("{args:?} on {port}: {e}"),
+        };
+        ok(dst, &["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id]);
+        ok(src, &["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id]);
+        let mut moved = 0;
+        loop {
+            let Resp::Array(Some(keys)) = ok(src, &["CLUSTER", "GETKEYSINSLOT", &slot_s, "100"]) else {
+                panic!("CLUSTER GETKEYSINSLOT: not an array");
+            };
+            let keys: Vec<String> = keys.iter().filter_map(Resp::as_str).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let dst_s = dst.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &dst_s, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            ok(src, &args);
+            moved += keys.len();
+        }
+        for i in self.masters() {
+            ok(self.servers[i].port(), &["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+        }
+        moved
+    }
+
     /// Sum over the running masters of `INFO commandstats` calls of `command` (lowercase,
     /// e.g. `spublish`, `evalsha`).
     pub fn calls(&self, command: &str) -> u64 {
