@@ -395,5 +395,11 @@ mod tests {
         assert_eq!(parse(&["--log", "=="]).validate().unwrap_err().flag, "log");
         let e = parse(&["--redis", "redis://127.0.0.1:6379"]).validate().unwrap_err();
         assert_eq!(e.flag, "cluster-secret");
+        let secret = "0123456789abcdef";
+        let cluster = |url: &'static str| parse(&["--redis", url, "--cluster-secret", secret]).validate();
+        assert!(cluster("redis-cluster://127.0.0.1:7000,127.0.0.1:7001").is_ok());
+        assert_eq!(cluster("redis://127.0.0.1:7000,127.0.0.1:7001").unwrap_err().flag, "redis");
+        let e = parse(&["--redis", "redis://h:1", "--cluster-secret", secret, "--redis-wait-replicas", "1"]);
+        assert!(e.validate().is_ok());
     }
 }
