@@ -9,8 +9,8 @@
 //! test harness shows them with the failure) and the directory is kept.
 //!
 //! External tools are looked up on `PATH` (plus `/usr/sbin`, `/usr/local/sbin`, `/usr/bin`);
-//! override with `GAMERELAY_TEST_REDIS_SERVER`, `GAMERELAY_TEST_HAPROXY`,
-//! `GAMERELAY_TEST_OPENSSL`. A test whose tools are missing is skipped with a message, unless
+//! override with `GAMERELAY_TEST_REDIS_SERVER`, `GAMERELAY_TEST_REDIS_CLI`,
+//! `GAMERELAY_TEST_HAPROXY`, `GAMERELAY_TEST_OPENSSL`. A test whose tools are missing is skipped with a message, unless
 //! `GAMERELAY_REQUIRE_CLUSTER_TOOLS=1` (set by `scripts/test`), which makes it fail instead.
 //! `GAMERELAY_TEST_NODE_LOG` sets the nodes' `--log` filter (default `warn`);
 //! `GAMERELAY_TEST_KEEP_DIRS=1` keeps the output directories of passing tests too.
