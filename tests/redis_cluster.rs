@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use support::cluster::{redis_command, tools_available, wait_for, Node, Resp, Tool};
 use support::player::{converge, inc, Player};
-use support::redis_cluster::RedisCluster;
+use support::redis_cluster::{test_certificates, RedisCluster};
 use tokio::task::JoinHandle;
 
 /// Longest wait for any one expected event.
@@ -306,6 +306,30 @@ async fn slot_migration_under_traffic_loses_nothing_and_publishes_on_the_new_mas
         calls_on(&rc, to, "spublish") > spublish_at_move,
         "the room's frames after the move were published on its new master"
     );
+}
+
+/// `rediss-cluster://` with `--redis-ca-file`: a Redis Cluster that speaks only TLS to clients
+/// (and on its bus and replication links); two nodes share a room through it (G3 + G6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_a_room_through_a_tls_redis_cluster() {
+    if !tools_available(&[Tool::RedisServer, Tool::RedisCli, Tool::Openssl]) {
+        return;
+    }
+    let certs = test_certificates();
+    let rc = RedisCluster::start_tls(3, 0, &certs).await;
+    let ca = certs.join("ca.pem");
+    let args = ["--redis-ca-file", ca.to_str().expect("utf-8 path")];
+    let n1 = Node::start(&rc.tls_url(), "node-1", &args).await;
+    let n2 = Node::start(&rc.tls_url(), "node-2", &args).await;
+    n1.wait_readyz(200, WAIT).await;
+    n2.wait_readyz(200, WAIT).await;
+    let mut a = Player::join("A", &[n1.url()], "rc-tls", "doc").await;
+    let mut b = Player::join("B", &[n2.url()], "rc-tls", "doc").await;
+    a.stream(10, 2, WAIT, |_| vec![inc(COUNT, 1)]).await;
+    b.stream(10, 2, WAIT, |_| vec![inc(COUNT, 1)]).await;
+    converge(&mut [&mut a, &mut b], WAIT).await;
+    assert_eq!(b.mirror.int(COUNT), 20, "every change, through a TLS Redis Cluster, on both nodes");
+    assert_eq!(a.mirror.hash(), b.mirror.hash());
 }
 
 /// `INFO commandstats` calls of `command` on server `i`.

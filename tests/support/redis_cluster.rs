@@ -9,6 +9,7 @@
 //! rejoins as a replica of whoever took over).
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,8 @@ pub const NODE_TIMEOUT_MS: u64 = 1_000;
 /// A Redis Cluster of private redis-servers.
 pub struct RedisCluster {
     pub servers: Vec<Redis>,
+    /// TLS ports of the servers (same order), when started with [`RedisCluster::start_tls`].
+    pub tls_ports: Vec<u16>,
 }
 
 /// What `CLUSTER NODES` says of one server.
@@ -37,29 +40,63 @@ pub struct ClusterNode {
 impl RedisCluster {
     /// Starts `masters * (1 + replicas)` servers and creates the cluster.
     pub async fn start(masters: usize, replicas: usize) -> RedisCluster {
+        RedisCluster::start_with(masters, replicas, None).await
+    }
+
+    /// Like [`start`](RedisCluster::start), with TLS: every server also listens on a TLS port
+    /// (certificate `server.pem`/`server.key` signed by `ca.pem` in `certs`, see
+    /// [`test_certificates`]), and the cluster bus and replication use TLS. The plain ports
+    /// stay open for the harness; clients use [`tls_url`](RedisCluster::tls_url).
+    pub async fn start_tls(masters: usize, replicas: usize, certs: &Path) -> RedisCluster {
+        RedisCluster::start_with(masters, replicas, Some(certs)).await
+    }
+
+    async fn start_with(masters: usize, replicas: usize, certs: Option<&Path>) -> RedisCluster {
         let cli = Tool::RedisCli.require();
         let mut servers = Vec::new();
+        let mut tls_ports = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let bus = free_port().to_string();
             let timeout = NODE_TIMEOUT_MS.to_string();
-            servers.push(
-                Redis::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus,
-                    "--cluster-node-timeout",
-                    &timeout,
-                    // A replica may take over however long it was cut off (tests kill masters
-                    // right after writing).
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    // Replicas sync at once (the default waits 5 s for more replicas).
-                    "--repl-diskless-sync-delay",
-                    "0",
-                ])
-                .await,
-            );
+            let mut tls: Vec<String> = Vec::new();
+            if let Some(dir) = certs {
+                let port = free_port();
+                tls_ports.push(port);
+                let file = |name: &str| dir.join(name).display().to_string();
+                tls = vec![
+                    "--tls-port".into(),
+                    port.to_string(),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-replication".into(),
+                    "yes".into(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                    "--tls-cert-file".into(),
+                    file("server.pem"),
+                    "--tls-key-file".into(),
+                    file("server.key"),
+                    "--tls-ca-cert-file".into(),
+                    file("ca.pem"),
+                ];
+            }
+            let mut args: Vec<&str> = vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus,
+                "--cluster-node-timeout",
+                &timeout,
+                // A replica may take over however long it was cut off (tests kill masters
+                // right after writing).
+                "--cluster-replica-validity-factor",
+                "0",
+                // Replicas sync at once (the default waits 5 s for more replicas).
+                "--repl-diskless-sync-delay",
+                "0",
+            ];
+            args.extend(tls.iter().map(String::as_str));
+            servers.push(Redis::start_with(&args).await);
         }
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(servers.iter().map(|s| format!("127.0.0.1:{}", s.port())));
@@ -71,7 +108,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { servers };
+        let cluster = RedisCluster { servers, tls_ports };
         cluster.wait_ok(Duration::from_secs(30)).await;
         cluster
     }
@@ -80,6 +117,12 @@ impl RedisCluster {
     pub fn url(&self) -> String {
         let seeds: Vec<String> = self.servers.iter().map(|s| format!("127.0.0.1:{}", s.port())).collect();
         format!("redis-cluster://{}", seeds.join(","))
+    }
+
+    /// `rediss-cluster://127.0.0.1:<tls port>,...` (a cluster started with TLS).
+    pub fn tls_url(&self) -> String {
+        let seeds: Vec<String> = self.tls_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("rediss-cluster://{}", seeds.join(","))
     }
 
     /// Waits until every running server says `cluster_state:ok`, knows every server, and
@@ -258,4 +301,52 @@ fn parse_nodes(text: &str) -> Vec<ClusterNode> {
             })
         })
         .collect()
+}
+
+/// A test CA (`ca.pem`) and a certificate for 127.0.0.1 signed by it (`server.pem`,
+/// `server.key`), made with openssl in a fresh directory, which is returned.
+pub fn test_certificates() -> PathBuf {
+    let dir = super::cluster::fresh_dir("redis-cluster-tls");
+    let openssl = Tool::Openssl.require();
+    let run = |args: &[&str]| {
+        let ok =
+            Command::new(&openssl).args(args).current_dir(&dir).output().is_ok_and(|o| o.status.success());
+        assert!(ok, "openssl {args:?}");
+    };
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem"]
+        .into_iter()
+        .chain(["-days", "1", "-subj", "/CN=test CA"])
+        .collect::<Vec<_>>());
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        .expect("write ext.cnf");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    dir
 }
