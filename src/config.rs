@@ -144,6 +144,10 @@ pub struct Config {
     /// Redis URL (`redis://[user:password@]host:port/db`). Enables cluster mode: rooms are
     /// owned through leases, every change is durable in Redis before it is acknowledged, and
     /// players on any node share rooms. Without it the node runs the embedded single-node store.
+    /// A Redis Cluster (Redis 7+) is named by seed URLs separated by commas
+    /// (`redis://a:7000,redis://b:7000`) or `redis-cluster://[user:password@]a:7000,b:7000`
+    /// (`rediss-cluster://` with TLS): each room lives on one shard, and its frames go over
+    /// sharded pub/sub.
     #[arg(long, env = "GAMERELAY_REDIS")]
     pub redis: Option<String>,
 
@@ -264,6 +268,19 @@ pub struct Config {
     #[arg(long, env = "GAMERELAY_SHED_RETRY_MS", default_value_t = 5_000)]
     pub shed_retry_ms: u64,
 
+    /// Replicas that must hold a commit before it is acknowledged (Redis `WAIT` after each
+    /// commit). 0 (the default) acknowledges once the master has it: replication is
+    /// asynchronous, so a master that dies before replicating loses its last acknowledged
+    /// changes when a replica takes over. With 1 or more, no acknowledged change is lost to
+    /// the failover of one master, at the price of a replica round trip per commit.
+    #[arg(long, env = "GAMERELAY_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a commit waits for --redis-wait-replicas replicas, in ms; past it the commit's
+    /// outcome counts as unknown (not acknowledged; the room hands off).
+    #[arg(long, env = "GAMERELAY_REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_wait_timeout_ms: u64,
+
     /// DELIBERATELY BROKEN (builds with the `fault-injection` feature only): a room restored
     /// after a failover forgets the log after its last snapshot, losing acknowledged changes.
     /// Exists so the chaos checker can prove it catches such a bug.
@@ -338,6 +355,17 @@ impl Config {
                         problem: "cluster mode (--redis) needs a shared secret of at least 16 bytes".into(),
                     })
                 }
+            }
+            if let Some(redis) = &self.redis {
+                if let Err(e) = crate::cluster::conn::Target::parse(redis) {
+                    return Err(ConfigError { flag: "redis", problem: e.to_string() });
+                }
+            }
+            if self.redis_wait_replicas > 0 && self.redis_wait_timeout_ms == 0 {
+                return Err(ConfigError {
+                    flag: "redis-wait-timeout-ms",
+                    problem: "must be greater than 0 with --redis-wait-replicas".into(),
+                });
             }
             if let Some(ca) = &self.redis_ca_file {
                 if !ca.is_file() {
@@ -522,6 +550,12 @@ mod tests {
             parse(&["--shed-connections-percent", "0"]).validate().unwrap_err().flag,
             "shed-connections-percent"
         );
+        let secret = "0123456789abcdef";
+        let cluster = |url: &'static str| parse(&["--redis", url, "--cluster-secret", secret]).validate();
+        assert!(cluster("redis-cluster://127.0.0.1:7000,127.0.0.1:7001").is_ok());
+        assert_eq!(cluster("redis://127.0.0.1:7000,127.0.0.1:7001").unwrap_err().flag, "redis");
+        let e = parse(&["--redis", "redis://h:1", "--cluster-secret", secret, "--redis-wait-replicas", "1"]);
+        assert!(e.validate().is_ok());
     }
 
     const KEY: &str = "k1:0123456789abcdef0123456789abcdef";

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::JoinAuth;
 use crate::backplane::embedded::EmbeddedBackplane;
 use crate::backplane::{Backplane, BackplaneError};
+use crate::cluster::conn::Target;
 use crate::cluster::keys::Keys;
 use crate::cluster::redis::{RedisBackplane, RedisSettings};
 use crate::cluster::relay::Relay;
@@ -173,8 +174,9 @@ impl Server {
                     use rand::Rng;
                     Arc::from(format!("{node_id}.{:08x}", rand::rng().random::<u32>()))
                 };
+                let target = Target::parse(url).map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
                 let settings = RedisSettings {
-                    url: url.clone(),
+                    target: target.clone(),
                     ca_file: config.redis_ca_file.clone(),
                     prefix: config.redis_prefix.clone(),
                     lease_ttl: config.lease_ttl(),
@@ -185,11 +187,13 @@ impl Server {
                     unsafe_restore_without_log: config.unsafe_restore_without_log,
                     #[cfg(not(feature = "fault-injection"))]
                     unsafe_restore_without_log: false,
+                    wait_replicas: config.redis_wait_replicas,
+                    wait_timeout: std::time::Duration::from_millis(config.redis_wait_timeout_ms),
                 };
                 let backplane =
                     RedisBackplane::connect(settings, incarnation.clone(), shutdown.clone()).await?;
                 let relay = Relay::start(
-                    url,
+                    &target,
                     config.redis_ca_file.as_deref(),
                     Keys::new(&config.redis_prefix),
                     incarnation,

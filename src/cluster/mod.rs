@@ -1,5 +1,7 @@
 //! Cluster mode: several nodes share rooms through Redis.
 //!
+//! - [`conn`]: where Redis is (`--redis`: one Redis or a Redis Cluster) and the command
+//!   connection of either kind.
 //! - [`keys`]: the keyspace and channel names (every key of a room shares its hash tag).
 //! - [`wire`]: what nodes send each other: commands forwarded to a room's owner
 //!   ([`wire::NodeMsg`], on the owner's inbox channel) and frames a room sends to members on
@@ -13,6 +15,7 @@
 //! *remote members*: their node forwards their commands to the owner and relays the room's
 //! frames to their sockets. `docs/ARCHITECTURE.md` ("Cluster mode") tells the whole story.
 
+pub mod conn;
 pub mod keys;
 pub mod redis;
 pub mod relay;

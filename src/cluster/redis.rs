@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use metrics::{counter, histogram};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::ConnectionLike;
 use redis::Script;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{Conn, Target};
 use super::keys::Keys;
 use super::unix_ms;
 use crate::backplane::{
@@ -115,7 +116,8 @@ const RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 /// Settings the backplane takes from the node's configuration.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: String,
+    /// One Redis or a Redis Cluster (`--redis`).
+    pub target: Target,
     /// CA to trust for `rediss://` (else the system's trust store).
     pub ca_file: Option<std::path::PathBuf>,
     pub prefix: String,
@@ -127,6 +129,11 @@ pub struct RedisSettings {
     /// Deliberately broken restores (`--unsafe-restore-without-log`, `fault-injection`
     /// builds only): the log after the snapshot is discarded. Always false otherwise.
     pub unsafe_restore_without_log: bool,
+    /// Replicas that must acknowledge a commit before it counts as durable (`WAIT`,
+    /// `--redis-wait-replicas`); 0 acknowledges on the master's write alone.
+    pub wait_replicas: u32,
+    /// How long a commit waits for those replicas before its outcome counts as unknown.
+    pub wait_timeout: Duration,
 }
 
 /// A room this node owns.
@@ -143,8 +150,8 @@ pub struct RedisBackplane {
     keys: Keys,
     incarnation: Arc<str>,
     settings: RedisSettings,
-    conn: ConnectionManager,
-    lease_conn: ConnectionManager,
+    conn: Conn,
+    lease_conn: Conn,
     owned: DashMap<String, Owned>,
     /// Unix ms of the last successful Redis round trip of the renewer.
     last_ok_ms: AtomicU64,
@@ -193,9 +200,9 @@ impl RedisBackplane {
         incarnation: Arc<str>,
         shutdown: CancellationToken,
     ) -> Result<Arc<RedisBackplane>, BackplaneError> {
-        let client = super::client(&settings.url, settings.ca_file.as_deref()).map_err(unavailable)?;
-        let conn = super::connection(&client, settings.timeout).await.map_err(unavailable)?;
-        let lease_conn = super::connection(&client, settings.timeout).await.map_err(unavailable)?;
+        let ca_file = settings.ca_file.as_deref();
+        let conn = settings.target.connect(ca_file, settings.timeout).await.map_err(unavailable)?;
+        let lease_conn = settings.target.connect(ca_file, settings.timeout).await.map_err(unavailable)?;
         let backplane = Arc::new(RedisBackplane {
             keys: Keys::new(&settings.prefix),
             incarnation,
@@ -438,6 +445,30 @@ impl RedisBackplane {
         Ok(Some(snapshot))
     }
 
+    /// After a commit: waits until `--redis-wait-replicas` replicas of the room's master
+    /// hold it (`WAIT`). Fewer in time is `Unavailable`: the batch may be on the master only,
+    /// so it is not acknowledged (the room hands off; a retry is deduplicated by its cid).
+    async fn wait_replicas(&self, room: &str, conn: &mut Conn) -> Result<String, BackplaneError> {
+        let (wanted, timeout) = (self.settings.wait_replicas, self.settings.wait_timeout);
+        let sent = Instant::now();
+        let acked = conn.wait_replicas(&self.keys.head(room), wanted, timeout).await;
+        histogram!(names::REDIS_SECONDS, "op" => "wait").record(sent.elapsed().as_secs_f64());
+        match acked {
+            Ok(n) if n >= u64::from(wanted) => Ok(String::new()),
+            Ok(n) => {
+                counter!(names::REDIS_ERRORS, "op" => "wait").increment(1);
+                Err(BackplaneError::Unavailable(format!(
+                    "commit reached {n} of {wanted} replicas in {} ms",
+                    timeout.as_millis()
+                )))
+            }
+            Err(e) => {
+                counter!(names::REDIS_ERRORS, "op" => "wait").increment(1);
+                Err(unavailable(e))
+            }
+        }
+    }
+
     fn key_list(&self, room: &str) -> [String; 4] {
         [self.keys.lease(room), self.keys.epoch(room), self.keys.head(room), self.keys.log(room)]
     }
@@ -588,6 +619,9 @@ impl Backplane for RedisBackplane {
             if matches!(result, Err(BackplaneError::Unavailable(_))) {
                 counter!(names::REDIS_ERRORS, "op" => "commit").increment(1);
             }
+        }
+        if result.is_ok() && self.settings.wait_replicas > 0 {
+            result = self.wait_replicas(room, &mut conn).await;
         }
         histogram!(names::REDIS_SECONDS, "op" => "commit").record(sent.elapsed().as_secs_f64());
         match result {

@@ -12,6 +12,17 @@
 //!   snapshot: the epoch changed). A follower keeps no room state.
 //! - **Publishers**: each room owned here publishes its frames for remote members through
 //!   one ordered queue, so followers see them in room order.
+//!
+//! On one Redis this is classic pub/sub (`PUBLISH`/`SUBSCRIBE` on a dedicated connection).
+//! On a Redis Cluster it is sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7): a room's
+//! channel carries the room's hash tag, so its frames reach only the shard that holds the
+//! room, instead of every node of the cluster bus. The subscriber is a redis-rs cluster
+//! connection speaking RESP3, whose pushes arrive on a channel: it routes each `SSUBSCRIBE`
+//! to the master of the channel's slot, and after a disconnection or a failover it refreshes
+//! the slot map and subscribes again by itself. Frames published meanwhile are lost, so on
+//! any disconnection, and on any `sunsubscribe` Redis pushes when a slot moves, the node
+//! closes the follows concerned with 4103: their clients resume, and the room's log closes
+//! the gap (G3), exactly as after a lost pub/sub link on one Redis.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,10 +32,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{Conn, Target};
 use super::keys::Keys;
 use super::redis::lease_holder;
 use super::wire::{self, NodeMsg, RoomWire};
@@ -64,9 +78,14 @@ pub struct Relay {
 struct Inner {
     incarnation: Arc<str>,
     keys: Keys,
-    client: redis::Client,
-    conn: ConnectionManager,
-    sink: tokio::sync::Mutex<PubSubSink>,
+    target: Target,
+    ca_file: Option<std::path::PathBuf>,
+    timeout: Duration,
+    conn: Conn,
+    sink: tokio::sync::Mutex<Subscriber>,
+    /// Our own unsubscriptions whose `sunsubscribe` push has not arrived yet, per channel
+    /// (Redis Cluster), told apart from the ones Redis makes when a slot moves.
+    unsubscribing: DashMap<String, u32>,
     follows: DashMap<String, Arc<Follow>>,
     registry: OnceLock<Registry>,
     lease_ttl: Duration,
@@ -83,7 +102,7 @@ impl Relay {
     /// Connects, subscribes to this node's inbox and starts the reader and the follower
     /// checks; both stop with `shutdown`.
     pub async fn start(
-        url: &str,
+        target: &Target,
         ca_file: Option<&std::path::Path>,
         keys: Keys,
         incarnation: Arc<str>,
@@ -92,16 +111,19 @@ impl Relay {
         shutdown: CancellationToken,
     ) -> Result<Relay, BackplaneError> {
         let err = |e: redis::RedisError| BackplaneError::Unavailable(e.to_string());
-        let client = super::client(url, ca_file).map_err(err)?;
-        let conn = super::connection(&client, timeout).await.map_err(err)?;
-        let (sink, stream) = subscribe_inbox(&client, &keys, &incarnation).await.map_err(err)?;
+        let conn = target.connect(ca_file, timeout).await.map_err(err)?;
+        let (sink, stream) =
+            subscribe_inbox(target, ca_file, timeout, &keys, &incarnation).await.map_err(err)?;
         let relay = Relay {
             inner: Arc::new(Inner {
-                client,
+                target: target.clone(),
+                ca_file: ca_file.map(ToOwned::to_owned),
+                timeout,
                 incarnation,
                 keys,
                 conn,
                 sink: tokio::sync::Mutex::new(sink),
+                unsubscribing: DashMap::new(),
                 follows: DashMap::new(),
                 registry: OnceLock::new(),
                 lease_ttl,
@@ -140,7 +162,7 @@ impl Relay {
     /// Sends a command to another node's inbox.
     pub async fn send(&self, node: &str, msg: &NodeMsg) -> Result<(), Refusal> {
         let mut conn = self.inner.conn.clone();
-        redis::cmd("PUBLISH")
+        redis::cmd(self.publish_command())
             .arg(self.inner.keys.inbox(node))
             .arg(wire::encode(msg))
             .query_async::<i64>(&mut conn)
@@ -152,8 +174,18 @@ impl Relay {
     /// A publisher for a room owned here: frames are published in the order queued.
     pub fn publisher(&self, room: &str) -> RoomPublisher {
         let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
-        tokio::spawn(publish(self.inner.conn.clone(), self.inner.keys.channel(room), rx));
+        let command = self.publish_command();
+        tokio::spawn(publish(self.inner.conn.clone(), command, self.inner.keys.channel(room), rx));
         RoomPublisher { tx }
+    }
+
+    /// `SPUBLISH` on a Redis Cluster (to the channel's shard only), `PUBLISH` on one Redis.
+    fn publish_command(&self) -> &'static str {
+        if self.inner.target.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     /// Joins `room`, owned by `owner`, for a local connection: follow the room (subscribed
@@ -223,7 +255,7 @@ impl Relay {
             let removed =
                 self.inner.follows.remove_if(room, |_, f| f.conns.lock().map_or(true, |c| c.is_empty()));
             if removed.is_some() {
-                let _ = sink.unsubscribe(self.inner.keys.channel(room)).await;
+                let _ = self.unsubscribe(&mut sink, room).await;
             }
         }
     }
@@ -250,52 +282,150 @@ impl Relay {
 
     /// Reads the pub/sub stream until shutdown. When the connection breaks, every follow is
     /// closed (its players resume and follow again) and the connection is made anew.
-    async fn read(self, mut stream: PubSubStream, shutdown: CancellationToken) {
+    async fn read(self, mut stream: Incoming, shutdown: CancellationToken) {
         let inbox = self.inner.keys.inbox(&self.inner.incarnation);
         loop {
-            let msg = tokio::select! {
-                msg = stream.next() => msg,
+            let event = tokio::select! {
+                event = stream.next() => event,
                 _ = shutdown.cancelled() => return,
             };
-            let Some(msg) = msg else {
-                tracing::error!("Redis pub/sub connection lost; closing followed rooms' connections");
-                self.inner.alive.store(false, Ordering::Relaxed);
-                let follows: Vec<Arc<Follow>> =
-                    self.inner.follows.iter().map(|e| e.value().clone()).collect();
-                self.inner.follows.clear();
-                for follow in follows {
-                    close_all(&follow, CloseCode::RoomMoved, "lost the link to the room's owner");
+            let (channel, payload) = match event {
+                Some(Event::Message { channel, payload }) => (channel, payload),
+                Some(Event::Disconnected) => {
+                    // A shard link broke (Redis Cluster): the client reconnects and subscribes
+                    // again by itself, but frames may have been lost meanwhile.
+                    tracing::warn!("a Redis Cluster pub/sub link broke; closing followed rooms' connections");
+                    self.drop_follows(None).await;
+                    continue;
                 }
-                match self.reconnect(&shutdown).await {
-                    Some(next) => {
-                        stream = next;
-                        self.inner.alive.store(true, Ordering::Relaxed);
-                        tracing::info!("Redis pub/sub connection restored");
+                Some(Event::Unsubscribed(channel)) => {
+                    let ours = match self.inner.unsubscribing.get_mut(&channel) {
+                        Some(mut n) if *n > 0 => {
+                            *n -= 1;
+                            true
+                        }
+                        _ => false,
+                    };
+                    self.inner.unsubscribing.remove_if(&channel, |_, n| *n == 0);
+                    if ours {
                         continue;
                     }
-                    None => return,
+                    if channel == inbox {
+                        // Redis moved the inbox's slot: subscribe where it lives now.
+                        tracing::warn!(channel, "inbox unsubscribed by Redis; subscribing again");
+                        let relay = self.clone();
+                        tokio::spawn(async move {
+                            let mut sink = relay.inner.sink.lock().await;
+                            if let Err(e) = sink.subscribe(channel).await {
+                                tracing::error!(error = %e, "cannot subscribe the inbox again");
+                                relay.inner.alive.store(false, Ordering::Relaxed);
+                            }
+                        });
+                    } else if let Some(room) = self.inner.keys.room_of_channel(&channel) {
+                        self.drop_follows(Some(room.to_owned())).await;
+                    }
+                    continue;
+                }
+                Some(Event::Ignored) => continue,
+                None => {
+                    self.lost(&mut stream, &shutdown).await;
+                    if matches!(stream, Incoming::Closed) {
+                        return;
+                    }
+                    continue;
                 }
             };
-            let channel = msg.get_channel_name();
-            let payload: &[u8] = msg.get_payload_bytes();
             if channel == inbox {
-                if let Some(m) = wire::decode::<NodeMsg>(payload) {
+                if let Some(m) = wire::decode::<NodeMsg>(&payload) {
                     self.inbox(m).await;
                 }
-            } else if let Some(room) = self.inner.keys.room_of_channel(channel) {
-                if let Some(w) = wire::decode::<RoomWire>(payload) {
+            } else if let Some(room) = self.inner.keys.room_of_channel(&channel) {
+                if let Some(w) = wire::decode::<RoomWire>(&payload) {
                     self.room_wire(room, w);
                 }
             }
         }
     }
 
+    /// Unsubscribes a room's channel (the caller holds the sink's lock).
+    async fn unsubscribe(&self, sink: &mut Subscriber, room: &str) -> redis::RedisResult<()> {
+        let channel = self.inner.keys.channel(room);
+        let cluster = matches!(sink, Subscriber::Cluster(_));
+        if cluster {
+            *self.inner.unsubscribing.entry(channel.clone()).or_insert(0) += 1;
+        }
+        let result = sink.unsubscribe(channel.clone()).await;
+        if result.is_err() && cluster {
+            // No push will come for it (or it comes late and closes a follow: safe).
+            self.inner.unsubscribing.remove_if_mut(&channel, |_, n| {
+                *n = n.saturating_sub(1);
+                *n == 0
+            });
+        }
+        result
+    }
+
+    /// Closes the follows of `room` (all follows with `None`) whose frames may have been
+    /// lost, and unsubscribes their channels (in the background: the link may be down).
+    async fn drop_follows(&self, room: Option<String>) {
+        let dropped: Vec<(String, Arc<Follow>)> = match &room {
+            Some(room) => self.inner.follows.remove(room).into_iter().collect(),
+            None => {
+                let all: Vec<String> = self.inner.follows.iter().map(|e| e.key().clone()).collect();
+                all.into_iter().filter_map(|r| self.inner.follows.remove(&r)).collect()
+            }
+        };
+        if dropped.is_empty() {
+            return;
+        }
+        for (_, follow) in &dropped {
+            close_all(follow, CloseCode::RoomMoved, "lost the link to the room's owner");
+        }
+        let relay = self.clone();
+        tokio::spawn(async move {
+            let mut sink = relay.inner.sink.lock().await;
+            for (room, _) in dropped {
+                // A follow created meanwhile keeps its subscription.
+                if !relay.inner.follows.contains_key(&room) {
+                    let _ = relay.unsubscribe(&mut sink, &room).await;
+                }
+            }
+        });
+    }
+
+    /// The single-Redis pub/sub connection ended: close every follow, connect anew.
+    /// Leaves `stream` as [`Incoming::Closed`] on shutdown.
+    async fn lost(&self, stream: &mut Incoming, shutdown: &CancellationToken) {
+        tracing::error!("Redis pub/sub connection lost; closing followed rooms' connections");
+        self.inner.alive.store(false, Ordering::Relaxed);
+        let follows: Vec<Arc<Follow>> = self.inner.follows.iter().map(|e| e.value().clone()).collect();
+        self.inner.follows.clear();
+        for follow in follows {
+            close_all(&follow, CloseCode::RoomMoved, "lost the link to the room's owner");
+        }
+        match self.reconnect(shutdown).await {
+            Some(next) => {
+                *stream = next;
+                self.inner.alive.store(true, Ordering::Relaxed);
+                tracing::info!("Redis pub/sub connection restored");
+            }
+            None => *stream = Incoming::Closed,
+        }
+    }
+
     /// Makes a new pub/sub connection (backing off while Redis is down) and subscribes the
     /// inbox again. `None` on shutdown.
-    async fn reconnect(&self, shutdown: &CancellationToken) -> Option<PubSubStream> {
+    async fn reconnect(&self, shutdown: &CancellationToken) -> Option<Incoming> {
         let mut delay = Duration::from_millis(100);
         loop {
-            let attempt = subscribe_inbox(&self.inner.client, &self.inner.keys, &self.inner.incarnation);
+            let inner = &self.inner;
+            let attempt = subscribe_inbox(
+                &inner.target,
+                inner.ca_file.as_deref(),
+                inner.timeout,
+                &inner.keys,
+                &inner.incarnation,
+            );
             match tokio::time::timeout(Duration::from_secs(2), attempt).await.unwrap_or_else(|_| {
                 Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out")))
             }) {
@@ -488,7 +618,7 @@ impl Relay {
                     let removed = self.inner.follows.remove_if(&room, |_, f| Arc::ptr_eq(f, &follow));
                     if removed.is_some() {
                         close_all(&follow, CloseCode::RoomMoved, "the room's owner changed");
-                        let _ = sink.unsubscribe(self.inner.keys.channel(&room)).await;
+                        let _ = self.unsubscribe(&mut sink, &room).await;
                     }
                     continue;
                 }
@@ -546,25 +676,127 @@ impl RoomPublisher {
     }
 }
 
-/// A pub/sub connection subscribed to this node's inbox.
-async fn subscribe_inbox(
-    client: &redis::Client,
-    keys: &Keys,
-    incarnation: &str,
-) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
-    let (mut sink, stream) = client.get_async_pubsub().await?.split();
-    sink.subscribe(keys.inbox(incarnation)).await?;
-    Ok((sink, stream))
+/// The subscribing half: a classic pub/sub connection (one Redis), or a RESP3 cluster
+/// connection that subscribes to sharded channels on their shards (Redis Cluster).
+enum Subscriber {
+    Single(PubSubSink),
+    Cluster(ClusterConnection),
 }
 
-async fn publish(mut conn: ConnectionManager, channel: String, mut rx: mpsc::Receiver<RoomWire>) {
+impl Subscriber {
+    async fn subscribe(&mut self, channel: String) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single(sink) => sink.subscribe(channel).await,
+            Subscriber::Cluster(conn) => conn.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: String) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Single(sink) => sink.unsubscribe(channel).await,
+            Subscriber::Cluster(conn) => conn.sunsubscribe(channel).await,
+        }
+    }
+}
+
+/// The receiving half of a [`Subscriber`].
+enum Incoming {
+    Single(PubSubStream),
+    Cluster(mpsc::UnboundedReceiver<PushInfo>),
+    /// Shut down.
+    Closed,
+}
+
+/// What the receiving half heard.
+enum Event {
+    Message {
+        channel: String,
+        payload: Vec<u8>,
+    },
+    /// A cluster shard link broke (the client reconnects and resubscribes by itself).
+    Disconnected,
+    /// Redis ended a subscription (a sharded channel whose slot moved, or our own unsubscribe).
+    Unsubscribed(String),
+    /// Subscription confirmations and other pushes.
+    Ignored,
+}
+
+impl Incoming {
+    /// The next event; `None` when a single-Redis connection (or the cluster client) ended.
+    async fn next(&mut self) -> Option<Event> {
+        match self {
+            Incoming::Single(stream) => {
+                let msg = stream.next().await?;
+                Some(Event::Message {
+                    channel: msg.get_channel_name().to_owned(),
+                    payload: msg.get_payload_bytes().to_vec(),
+                })
+            }
+            Incoming::Cluster(rx) => {
+                let push = rx.recv().await?;
+                Some(match push.kind {
+                    PushKind::SMessage | PushKind::Message => match (push.data.first(), push.data.get(1)) {
+                        (Some(channel), Some(Value::BulkString(payload))) => match bulk_text(channel) {
+                            Some(channel) => Event::Message { channel, payload: payload.clone() },
+                            None => Event::Ignored,
+                        },
+                        _ => Event::Ignored,
+                    },
+                    PushKind::Disconnection => Event::Disconnected,
+                    PushKind::SUnsubscribe => {
+                        push.data.first().and_then(bulk_text).map_or(Event::Ignored, Event::Unsubscribed)
+                    }
+                    _ => Event::Ignored,
+                })
+            }
+            Incoming::Closed => std::future::pending().await,
+        }
+    }
+}
+
+fn bulk_text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A subscriber subscribed to this node's inbox, and its receiving half.
+async fn subscribe_inbox(
+    target: &Target,
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+    keys: &Keys,
+    incarnation: &str,
+) -> redis::RedisResult<(Subscriber, Incoming)> {
+    let (mut sink, incoming) = match target {
+        Target::Single(url) => {
+            let client = Target::single_client(url, ca_file)?;
+            let (sink, stream) = client.get_async_pubsub().await?.split();
+            (Subscriber::Single(sink), Incoming::Single(stream))
+        }
+        Target::Cluster(seeds) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let client = Target::cluster_builder(seeds, ca_file, timeout)?
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .build()?;
+            (Subscriber::Cluster(client.get_async_connection().await?), Incoming::Cluster(rx))
+        }
+    };
+    sink.subscribe(keys.inbox(incarnation)).await?;
+    Ok((sink, incoming))
+}
+
+async fn publish(mut conn: Conn, command: &'static str, channel: String, mut rx: mpsc::Receiver<RoomWire>) {
     while let Some(first) = rx.recv().await {
         let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH").arg(&channel).arg(wire::encode(&first)).ignore();
+        pipe.cmd(command).arg(&channel).arg(wire::encode(&first)).ignore();
         let mut n = 1;
         while n < PUBLISH_BATCH {
             let Ok(next) = rx.try_recv() else { break };
-            pipe.cmd("PUBLISH").arg(&channel).arg(wire::encode(&next)).ignore();
+            pipe.cmd(command).arg(&channel).arg(wire::encode(&next)).ignore();
             n += 1;
         }
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {

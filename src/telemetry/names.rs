@@ -111,8 +111,8 @@ pub const PROCESS_THREADS: &str = "process_threads";
 
 /// The `op` label values of [`REDIS_SECONDS`] and [`REDIS_ERRORS`]: the backplane's scripts
 /// (`claim`, `commit`, `snapshot`, `renew`, `release`, `reseed`) and the renewer's `ping`
-/// while the node owns no room.
-pub const REDIS_OPS: &[&str] = &["claim", "commit", "snapshot", "renew", "release", "reseed", "ping"];
+/// while the node owns no room, and `wait` (replicas after a commit, `--redis-wait-replicas`).
+pub const REDIS_OPS: &[&str] = &["claim", "commit", "snapshot", "renew", "release", "reseed", "ping", "wait"];
 /// The `op` label values of [`FENCING_REJECTIONS`].
 pub const FENCING_OPS: &[&str] = &["commit", "snapshot", "renew", "renew_timeout"];
 

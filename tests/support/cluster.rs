@@ -9,8 +9,8 @@
 //! test harness shows them with the failure) and the directory is kept.
 //!
 //! External tools are looked up on `PATH` (plus `/usr/sbin`, `/usr/local/sbin`, `/usr/bin`);
-//! override with `GAMERELAY_TEST_REDIS_SERVER`, `GAMERELAY_TEST_HAPROXY`,
-//! `GAMERELAY_TEST_OPENSSL`. A test whose tools are missing is skipped with a message, unless
+//! override with `GAMERELAY_TEST_REDIS_SERVER`, `GAMERELAY_TEST_REDIS_CLI`,
+//! `GAMERELAY_TEST_HAPROXY`, `GAMERELAY_TEST_OPENSSL`. A test whose tools are missing is skipped with a message, unless
 //! `GAMERELAY_REQUIRE_CLUSTER_TOOLS=1` (set by `scripts/test`), which makes it fail instead.
 //! `GAMERELAY_TEST_NODE_LOG` sets the nodes' `--log` filter (default `warn`);
 //! `GAMERELAY_TEST_KEEP_DIRS=1` keeps the output directories of passing tests too.
@@ -52,6 +52,8 @@ pub const POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     RedisServer,
+    /// `redis-cli`, for `--cluster create` (Debian: in redis-tools, which redis-server needs).
+    RedisCli,
     Haproxy,
     Openssl,
 }
@@ -60,6 +62,7 @@ impl Tool {
     fn name(self) -> &'static str {
         match self {
             Tool::RedisServer => "redis-server",
+            Tool::RedisCli => "redis-cli",
             Tool::Haproxy => "haproxy",
             Tool::Openssl => "openssl",
         }
@@ -68,6 +71,7 @@ impl Tool {
     fn env_override(self) -> &'static str {
         match self {
             Tool::RedisServer => "GAMERELAY_TEST_REDIS_SERVER",
+            Tool::RedisCli => "GAMERELAY_TEST_REDIS_CLI",
             Tool::Haproxy => "GAMERELAY_TEST_HAPROXY",
             Tool::Openssl => "GAMERELAY_TEST_OPENSSL",
         }
@@ -76,6 +80,7 @@ impl Tool {
     fn debian_package(self) -> &'static str {
         match self {
             Tool::RedisServer => "redis-server",
+            Tool::RedisCli => "redis-tools",
             Tool::Haproxy => "haproxy",
             Tool::Openssl => "openssl",
         }
@@ -94,7 +99,7 @@ impl Tool {
             .find(|p| is_executable(p))
     }
 
-    fn require(self) -> PathBuf {
+    pub fn require(self) -> PathBuf {
         self.path().unwrap_or_else(|| {
             panic!(
                 "{} not found (apt-get install {}, or set {})",
