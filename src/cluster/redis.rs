@@ -322,6 +322,12 @@ impl RedisBackplane {
     /// Reads Redis's `run_id`; a change from the one seen before means Redis restarted (and,
     /// without persistence, lost every key). Returns how much of the reseed window is left.
     async fn reseed_hold(&self) -> Result<Option<Duration>, BackplaneError> {
+        // On a Redis Cluster `INFO` answers from whichever node the client picks, so run_ids
+        // differ from call to call; a master restarted empty there is its replica's job (a
+        // promotion keeps the data). Only a single Redis is watched.
+        if matches!(self.conn, Conn::Cluster(_)) {
+            return Ok(None);
+        }
         let mut conn = self.conn.clone();
         let info: String =
             redis::cmd("INFO").arg("server").query_async(&mut conn).await.map_err(unavailable)?;
