@@ -32,6 +32,9 @@ pub enum FaultKind {
     RedisReset,
     /// Reload HAProxy (a new process takes the ports; the old one keeps its tunnels).
     HaproxyReload,
+    /// The slow clients' link (a proxy in front of HAProxy) forwards what the server sends
+    /// them at 1 KiB/s for 8 s: they fall behind while everyone else goes on.
+    Slow,
 }
 
 impl FaultKind {
@@ -132,6 +135,7 @@ impl Cluster {
             }
             FaultKind::RedisReset => self.signal(&format!("redis-proxy-{node}"), "USR2").await,
             FaultKind::HaproxyReload => self.cluster(&["reload", "haproxy"]).await,
+            FaultKind::Slow => Err("the slow link is driven by the chaos run, not the cluster".into()),
             FaultKind::RedisRestart => {
                 // Started again at once: the outage stays well inside the two thirds of a
                 // lease an owner waits before it stops owning (a longer outage that also
@@ -159,6 +163,66 @@ impl Cluster {
             "" => Ok(()),
             other => Err(format!("HAProxy: {other}")),
         }
+    }
+}
+
+/// The proxy in front of HAProxy that the slow clients connect through
+/// (`scripts/tcp-proxy.py`, a child of this process: it dies with it).
+pub struct SlowLink {
+    child: tokio::process::Child,
+    /// `ws://127.0.0.1:<port>/ws`: HAProxy through the proxy.
+    pub ws_url: String,
+}
+
+impl SlowLink {
+    /// Starts the proxy on a free loopback port, forwarding to the cluster's HAProxy.
+    pub async fn start(cluster: &Cluster) -> Result<SlowLink, String> {
+        let upstream = cluster
+            .ws_url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+            .ok_or_else(|| format!("cannot read host:port from {}", cluster.ws_url))?
+            .to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port for the slow link: {e}"))?
+            .port();
+        let root = cluster.script.parent().and_then(Path::parent).unwrap_or(Path::new("."));
+        let proxy = root.join("scripts").join("tcp-proxy.py");
+        let log = std::fs::File::create(cluster.dir.join("slow-link.log"))
+            .map_err(|e| format!("{}: {e}", cluster.dir.display()))?;
+        let child = Command::new("python3")
+            .arg(&proxy)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", &upstream])
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("python3 {}: {e}", proxy.display()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("the slow link ({}) did not listen within 10 s", proxy.display()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(SlowLink { child, ws_url: format!("ws://127.0.0.1:{port}/ws") })
+    }
+
+    fn signal(&self, sig: libc::c_int) -> Result<(), String> {
+        let pid = self.child.id().ok_or("the slow link exited")?;
+        // SAFETY: kill(2) with our own child's pid and a valid signal number.
+        if unsafe { libc::kill(pid as libc::pid_t, sig) } == 0 {
+            Ok(())
+        } else {
+            Err(format!("kill {pid}: {}", std::io::Error::last_os_error()))
+        }
+    }
+
+    /// Slows the link for `d`, then makes it fast again.
+    pub async fn slow_for(&self, d: Duration) -> Result<(), String> {
+        self.signal(libc::SIGTTIN)?;
+        tokio::time::sleep(d).await;
+        self.signal(libc::SIGTTOU)
     }
 }
 

@@ -30,7 +30,7 @@ use crate::report::{Report, Table};
 use crate::stats::{LatencyHistogram, LatencySummary, Samples};
 use crate::Common;
 use check::{History, RoomFinal, Seen, Sent, Violation};
-use faults::{Cluster, FaultKind, Rng};
+use faults::{Cluster, FaultKind, Rng, SlowLink};
 
 /// Flags of `gamerelay-loadtest chaos`.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +69,7 @@ pub struct ChaosArgs {
             FaultKind::RedisCut,
             FaultKind::RedisReset,
             FaultKind::HaproxyReload,
+            FaultKind::Slow,
         ]
     )]
     pub faults: Vec<FaultKind>,
@@ -78,6 +79,10 @@ pub struct ChaosArgs {
     /// The nodes' `--lease-ttl-ms` (a pause lasts the lease plus 1.5 s).
     #[arg(long, default_value_t = 3000)]
     pub lease_ttl_ms: u64,
+    /// Clients per room (the last ones) that connect through a link the `slow` fault
+    /// throttles.
+    #[arg(long, default_value_t = 1)]
+    pub slow_clients: usize,
     /// Seconds each client may take, after writing stops, until its last batch is
     /// acknowledged.
     #[arg(long, default_value_t = 30.0)]
@@ -162,6 +167,9 @@ pub async fn run(_common: &Common, args: &ChaosArgs) -> Result<Report, String> {
         }
         args.faults = kept;
     }
+    if args.slow_clients == 0 {
+        args.faults.retain(|k| *k != FaultKind::Slow);
+    }
     let args = &args;
     if args.faults.is_empty() {
         return Err("no fault kind left to inject".into());
@@ -180,12 +188,20 @@ pub async fn run(_common: &Common, args: &ChaosArgs) -> Result<Report, String> {
         args.seed
     );
 
+    let slow_link = match args.slow_clients {
+        0 => None,
+        _ => Some(SlowLink::start(&cluster).await?),
+    };
     // Connect everyone before the first fault.
     let mut players = Vec::new();
     for r in 0..args.rooms {
         for c in 0..args.clients {
             let room = format!("{prefix}{r}");
-            let mut cfg = ClientConfig::new(cluster.ws_url.clone(), room.clone(), "doc")
+            let url = match &slow_link {
+                Some(link) if c + args.slow_clients >= args.clients => link.ws_url.clone(),
+                _ => cluster.ws_url.clone(),
+            };
+            let mut cfg = ClientConfig::new(url, room.clone(), "doc")
                 .with_client_name("gamerelay-loadtest-chaos")
                 .with_event_buffer(1 << 16)
                 .with_reconnect(ReconnectPolicy {
@@ -206,7 +222,7 @@ pub async fn run(_common: &Common, args: &ChaosArgs) -> Result<Report, String> {
         .iter()
         .map(|p| tokio::spawn(send_until(p.client.clone(), p.me.clone(), args.rate, write_end, t0)))
         .collect();
-    let faults = inject_faults(&cluster, args, write_end, t0).await;
+    let faults = inject_faults(&cluster, slow_link.as_ref(), args, write_end, t0).await;
     let mut sent_by_player = Vec::new();
     for s in senders {
         sent_by_player.push(s.await.map_err(|e| format!("a sender task failed: {e}"))?);
@@ -358,8 +374,17 @@ async fn send_until(client: Arc<Client>, me: String, rate: f64, end: Instant, t0
     sent
 }
 
+/// How long the `slow` fault throttles the slow clients' link.
+const SLOW_FOR: Duration = Duration::from_secs(8);
+
 /// Injects faults on the seeded schedule until writing ends.
-async fn inject_faults(cluster: &Cluster, args: &ChaosArgs, end: Instant, t0: Instant) -> Vec<FaultRecord> {
+async fn inject_faults(
+    cluster: &Cluster,
+    slow_link: Option<&SlowLink>,
+    args: &ChaosArgs,
+    end: Instant,
+    t0: Instant,
+) -> Vec<FaultRecord> {
     let mut rng = Rng::new(args.seed);
     let lease = Duration::from_millis(args.lease_ttl_ms);
     let gap = Duration::from_secs_f64(args.fault_every);
@@ -370,15 +395,19 @@ async fn inject_faults(cluster: &Cluster, args: &ChaosArgs, end: Instant, t0: In
         let node = match kind {
             FaultKind::HaproxyReload => "haproxy".to_string(),
             FaultKind::RedisRestart => "redis".to_string(),
+            FaultKind::Slow => "slow clients".to_string(),
             _ => cluster.nodes[rng.below(cluster.nodes.len())].clone(),
         };
-        let worst = lease + Duration::from_secs(3);
+        let worst = (lease + Duration::from_secs(3)).max(SLOW_FOR);
         if Instant::now() + worst >= end {
             break;
         }
         let at_ms = t0.elapsed().as_millis() as u64;
         eprintln!("chaos: {at_ms} ms: {kind:?} {node}");
-        let error = cluster.inject(kind, &node, lease).await.err();
+        let error = match (kind, slow_link) {
+            (FaultKind::Slow, Some(link)) => link.slow_for(SLOW_FOR).await.err(),
+            _ => cluster.inject(kind, &node, lease).await.err(),
+        };
         if let Some(e) = &error {
             eprintln!("chaos: fault failed: {e}");
         }
