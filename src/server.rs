@@ -282,6 +282,7 @@ impl Server {
             ),
         }
         node.lag.spawn(node.shutdown.clone());
+        telemetry::spawn_upkeep(node.shutdown.clone());
         if let Some(ops) = self.ops_listener {
             let ops_app = gateway::ops_router(node.clone());
             let ops_shutdown = node.shutdown.clone();

@@ -58,6 +58,26 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// How often histogram samples are folded into their buckets (see [`spawn_upkeep`]).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_EVERY`] until
+/// `shutdown`. The exporter keeps every sample of a histogram until it is rendered or upkept:
+/// a node nobody scrapes would otherwise grow by 8 bytes per fan-out latency and queue depth
+/// sample (about 1.6 MB/s at 100 k deliveries/s) for ever.
+pub fn spawn_upkeep(shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => prometheus().run_upkeep(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}
+
 /// The `process_*` collector (CPU, memory, file descriptors, threads).
 fn process_collector() -> &'static metrics_process::Collector {
     static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
