@@ -201,17 +201,21 @@ pub async fn run(_common: &Common, args: &ChaosArgs) -> Result<Report, String> {
                 Some(link) if c + args.slow_clients >= args.clients => link.ws_url.clone(),
                 _ => cluster.ws_url.clone(),
             };
-            let mut cfg = ClientConfig::new(url, room.clone(), "doc")
-                .with_client_name("gamerelay-loadtest-chaos")
-                .with_event_buffer(1 << 16)
-                .with_reconnect(ReconnectPolicy {
-                    initial_backoff: Duration::from_millis(100),
-                    max_backoff: Duration::from_secs(1),
-                    max_attempts: None,
-                    jitter: 0.5,
-                });
-            cfg.room_query = c % 2 == 0;
-            let client = Client::connect(cfg).await.map_err(|e| format!("client {c} of {room}: {e}"))?;
+            let config = || {
+                let mut cfg = ClientConfig::new(url.clone(), room.clone(), "doc")
+                    .with_client_name("gamerelay-loadtest-chaos")
+                    .with_event_buffer(1 << 16)
+                    .with_reconnect(ReconnectPolicy {
+                        initial_backoff: Duration::from_millis(100),
+                        max_backoff: Duration::from_secs(1),
+                        max_attempts: None,
+                        jitter: 0.5,
+                    });
+                cfg.room_query = c % 2 == 0;
+                cfg
+            };
+            let client =
+                connect_patiently(config, &room).await.map_err(|e| format!("client {c} of {room}: {e}"))?;
             players.push(Player::start(client, room, t0));
         }
     }
@@ -243,12 +247,13 @@ pub async fn run(_common: &Common, args: &ChaosArgs) -> Result<Report, String> {
         }
     }
 
-    // The owners' states, read by a fresh observer per room.
+    // The owners' states, read by a fresh observer per room. A join refused for a passing
+    // reason (a node whose Redis connection broke in the last fault answers `unavailable`
+    // once) is retried, as any client would, for up to JOIN_PATIENCE.
     let mut finals = Vec::new();
     for r in 0..args.rooms {
         let room = format!("{prefix}{r}");
-        let cfg = ClientConfig::new(cluster.ws_url.clone(), room.clone(), "doc");
-        match Client::connect(cfg).await {
+        match observe(&cluster.ws_url, &room).await {
             Ok(o) => {
                 finals.push(RoomFinal { room, seq: o.seq(), hash: o.state_hash(), state: o.state() });
                 o.leave().await.ok();
@@ -295,6 +300,44 @@ pub async fn run(_common: &Common, args: &ChaosArgs) -> Result<Report, String> {
     let table = table(&figures);
     let pass = figures.verdict == "pass";
     Ok(Report::new(&figures, table, pass))
+}
+
+/// How long a client of the run keeps retrying its first join.
+const JOIN_PATIENCE: Duration = Duration::from_secs(15);
+
+/// Joins `room` as a fresh observer.
+async fn observe(url: &str, room: &str) -> Result<Client, gamerelay_client::ClientError> {
+    connect_patiently(|| ClientConfig::new(url.to_string(), room.to_string(), "doc"), room).await
+}
+
+/// Connects and joins, retrying refusals the protocol calls retryable and failed connections
+/// until [`JOIN_PATIENCE`] has passed.
+async fn connect_patiently(
+    config: impl Fn() -> ClientConfig,
+    room: &str,
+) -> Result<Client, gamerelay_client::ClientError> {
+    let deadline = Instant::now() + JOIN_PATIENCE;
+    loop {
+        match Client::connect(config()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline && passing(&e) => {
+                eprintln!("chaos: joining {room}: {e}; retrying");
+                time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a failed join may succeed if tried again: a connection that failed or closed, or
+/// a refusal the protocol calls retryable.
+fn passing(e: &gamerelay_client::ClientError) -> bool {
+    use gamerelay_client::ClientError;
+    match e {
+        ClientError::Connect(_) | ClientError::HandshakeTimeout(_) | ClientError::Closed { .. } => true,
+        ClientError::JoinRefused { code, .. } => code.is_retryable(),
+        _ => false,
+    }
 }
 
 /// A connected client and the task recording its events.
