@@ -347,6 +347,52 @@ impl RedisBackplane {
         Ok(run.restarted_at.and_then(|at| self.reseed_window().checked_sub(at.elapsed())))
     }
 
+    /// One claim: the lease (and a new epoch) if it is free or already ours, then the
+    /// room's state from Redis.
+    async fn claim_once(&self, room: &str) -> Result<Claim, BackplaneError> {
+        let started = Instant::now();
+        let mut conn = self.conn.clone();
+        if let Some(left) = self.reseed_hold().await? {
+            let known: bool = redis::cmd("EXISTS")
+                .arg(self.keys.epoch(room))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if !known {
+                return Err(BackplaneError::Unavailable(format!(
+                    "Redis restarted; waiting {} ms for the room's owner to write it back",
+                    left.as_millis()
+                )));
+            }
+        }
+        let claimed: redis::RedisResult<(i64, String)> = self
+            .scripts
+            .claim
+            .key(self.keys.lease(room))
+            .key(self.keys.epoch(room))
+            .arg(&*self.incarnation)
+            .arg(self.settings.lease_ttl.as_millis() as u64)
+            .arg(unix_ms())
+            .invoke_async(&mut conn)
+            .await;
+        histogram!(names::REDIS_SECONDS, "op" => "claim").record(started.elapsed().as_secs_f64());
+        let (won, value) = claimed
+            .inspect_err(|_| counter!(names::REDIS_ERRORS, "op" => "claim").increment(1))
+            .map_err(unavailable)?;
+        let claim = self.take_ownership(room, won, &value, started)?;
+        let epoch = claim.epoch;
+        match self.restore(room).await {
+            Ok(restored) => {
+                tracing::info!(room, epoch, restored_seq = restored.as_ref().map(|s| s.seq), "room claimed");
+                Ok(Claim { restored, ..claim })
+            }
+            Err(e) => {
+                let _ = self.release(room, epoch, false).await;
+                Err(e)
+            }
+        }
+    }
+
     fn take_ownership(
         &self,
         room: &str,
@@ -533,46 +579,16 @@ impl Backplane for RedisBackplane {
     }
 
     async fn claim(&self, room: &str, _room_type: &str) -> Result<Claim, BackplaneError> {
-        let started = Instant::now();
-        let mut conn = self.conn.clone();
-        if let Some(left) = self.reseed_hold().await? {
-            let known: bool = redis::cmd("EXISTS")
-                .arg(self.keys.epoch(room))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            if !known {
-                return Err(BackplaneError::Unavailable(format!(
-                    "Redis restarted; waiting {} ms for the room's owner to write it back",
-                    left.as_millis()
-                )));
+        match self.claim_once(room).await {
+            // The first command on a connection that broke while idle fails (the connection
+            // manager reconnects behind it): try once more, as commits do. A claim is safe to
+            // repeat: the script accepts a lease this node already holds.
+            Err(BackplaneError::Unavailable(first)) => {
+                tracing::debug!(room, error = %first, "claim failed; retrying once");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                self.claim_once(room).await
             }
-        }
-        let claimed: redis::RedisResult<(i64, String)> = self
-            .scripts
-            .claim
-            .key(self.keys.lease(room))
-            .key(self.keys.epoch(room))
-            .arg(&*self.incarnation)
-            .arg(self.settings.lease_ttl.as_millis() as u64)
-            .arg(unix_ms())
-            .invoke_async(&mut conn)
-            .await;
-        histogram!(names::REDIS_SECONDS, "op" => "claim").record(started.elapsed().as_secs_f64());
-        let (won, value) = claimed
-            .inspect_err(|_| counter!(names::REDIS_ERRORS, "op" => "claim").increment(1))
-            .map_err(unavailable)?;
-        let claim = self.take_ownership(room, won, &value, started)?;
-        let epoch = claim.epoch;
-        match self.restore(room).await {
-            Ok(restored) => {
-                tracing::info!(room, epoch, restored_seq = restored.as_ref().map(|s| s.seq), "room claimed");
-                Ok(Claim { restored, ..claim })
-            }
-            Err(e) => {
-                let _ = self.release(room, epoch, false).await;
-                Err(e)
-            }
+            other => other,
         }
     }
 
