@@ -151,12 +151,21 @@ impl Relay {
         &self.inner.incarnation
     }
 
-    /// Who holds the lease of `room` now.
+    /// Who holds the lease of `room` now. A read, so a failure is retried once: the first
+    /// command on a connection that broke while idle fails while the connection manager
+    /// reconnects behind it.
     pub async fn lease_holder(&self, room: &str) -> Result<Option<String>, Refusal> {
         let mut conn = self.inner.conn.clone();
-        lease_holder(&mut conn, &self.inner.keys, room)
-            .await
-            .map_err(|e| unavailable(format!("cannot reach Redis: {e}")))
+        match lease_holder(&mut conn, &self.inner.keys, room).await {
+            Ok(holder) => Ok(holder),
+            Err(first) => {
+                tracing::debug!(room, error = %first, "lease lookup failed; retrying once");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                lease_holder(&mut conn, &self.inner.keys, room)
+                    .await
+                    .map_err(|e| unavailable(format!("cannot reach Redis: {e}")))
+            }
+        }
     }
 
     /// Sends a command to another node's inbox.
