@@ -480,6 +480,17 @@ fn recovery_ms(at_ms: u64, histories: &[History]) -> Option<u64> {
     Some(worst)
 }
 
+/// p50, max, ... of recovery times in ms (None without any).
+fn summarize(ms: impl Iterator<Item = u64>) -> Option<LatencySummary> {
+    let mut samples = Samples::default();
+    for m in ms {
+        samples.push(Duration::from_millis(m));
+    }
+    let mut hist = LatencyHistogram::new();
+    hist.add(&samples);
+    hist.summary()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn figures(
     args: &ChaosArgs,
@@ -491,36 +502,29 @@ fn figures(
     events_dropped: u64,
     mut failures: Vec<String>,
 ) -> ChaosFigures {
-    let mut samples = Samples::default();
     for f in &mut faults {
         f.recovery_ms = recovery_ms(f.at_ms, histories);
-        if let Some(ms) = f.recovery_ms {
-            samples.push(Duration::from_millis(ms));
+    }
+    let mut kinds: Vec<FaultKind> = Vec::new();
+    for k in &args.faults {
+        if !kinds.contains(k) {
+            kinds.push(*k);
         }
     }
-    let mut hist = LatencyHistogram::new();
-    hist.add(&samples);
-    let mut recovery_by_kind = Vec::new();
-    for kind in args.faults.iter().copied() {
-        if recovery_by_kind.iter().any(|r: &KindRecovery| r.kind == kind) {
-            continue;
-        }
-        let of_kind: Vec<&FaultRecord> = faults.iter().filter(|f| f.kind == kind).collect();
-        let mut s = Samples::default();
-        for ms in of_kind.iter().filter_map(|f| f.recovery_ms) {
-            s.push(Duration::from_millis(ms));
-        }
-        let mut h = LatencyHistogram::new();
-        h.add(&s);
-        let summary = h.summary();
-        recovery_by_kind.push(KindRecovery {
-            kind,
-            faults: of_kind.len(),
-            recovered: of_kind.iter().filter(|f| f.recovery_ms.is_some()).count(),
-            p50_ms: summary.as_ref().map(|l| l.p50),
-            max_ms: summary.as_ref().map(|l| l.max),
-        });
-    }
+    let recovery_by_kind: Vec<KindRecovery> = kinds
+        .into_iter()
+        .map(|kind| {
+            let of_kind: Vec<&FaultRecord> = faults.iter().filter(|f| f.kind == kind).collect();
+            let summary = summarize(of_kind.iter().filter_map(|f| f.recovery_ms));
+            KindRecovery {
+                kind,
+                faults: of_kind.len(),
+                recovered: of_kind.iter().filter(|f| f.recovery_ms.is_some()).count(),
+                p50_ms: summary.as_ref().map(|l| l.p50),
+                max_ms: summary.as_ref().map(|l| l.max),
+            }
+        })
+        .collect();
     let count = |pred: &dyn Fn(&Seen) -> bool| -> u64 {
         histories.iter().map(|h| h.seen.iter().filter(|(_, s)| pred(s)).count() as u64).sum()
     };
@@ -555,12 +559,8 @@ fn figures(
     } else {
         "fail"
     };
-    let by_kind = args.faults.iter().copied().fold(Vec::<(FaultKind, usize)>::new(), |mut v, k| {
-        if !v.iter().any(|(x, _)| *x == k) {
-            v.push((k, faults.iter().filter(|f| f.kind == k).count()));
-        }
-        v
-    });
+    let by_kind = recovery_by_kind.iter().map(|r| (r.kind, r.faults)).collect();
+    let recovery_ms = summarize(faults.iter().filter_map(|f| f.recovery_ms));
     ChaosFigures {
         scenario: "chaos",
         verdict,
@@ -572,7 +572,7 @@ fn figures(
         faults_not_recovered: faults.iter().filter(|f| f.recovery_ms.is_none()).count(),
         faults_by_kind: by_kind,
         faults,
-        recovery_ms: hist.summary(),
+        recovery_ms,
         recovery_by_kind,
         ops_sent: sent,
         ops_acked: acked,
