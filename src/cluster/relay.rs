@@ -92,6 +92,9 @@ struct Inner {
     join_timeout: Duration,
     /// False once the pub/sub connection is lost: the node can no longer hear its inbox.
     alive: AtomicBool,
+    /// Signalled when a (un)subscription did not answer within `timeout`: the reader
+    /// treats the pub/sub link as broken and makes it anew.
+    stuck: tokio::sync::Notify,
 }
 
 fn unavailable(message: impl Into<String>) -> Refusal {
@@ -129,6 +132,7 @@ impl Relay {
                 lease_ttl,
                 join_timeout: timeout * 5,
                 alive: AtomicBool::new(true),
+                stuck: tokio::sync::Notify::new(),
             }),
         };
         tokio::spawn(relay.clone().read(stream, shutdown.clone()));
@@ -279,7 +283,7 @@ impl Relay {
                 return Ok(f.clone());
             }
         }
-        sink.subscribe(self.inner.keys.channel(room))
+        self.bounded(sink.subscribe(self.inner.keys.channel(room)))
             .await
             .map_err(|e| unavailable(format!("cannot subscribe: {e}")))?;
         let follow = Arc::new(Follow { owner: Arc::from(owner), conns: Mutex::new(HashMap::new()) });
@@ -296,6 +300,10 @@ impl Relay {
         loop {
             let event = tokio::select! {
                 event = stream.next() => event,
+                _ = self.inner.stuck.notified() => {
+                    tracing::warn!("a Redis pub/sub command did not answer in time; reconnecting");
+                    None
+                }
                 _ = shutdown.cancelled() => return,
             };
             let (channel, payload) = match event {
@@ -325,7 +333,7 @@ impl Relay {
                         let relay = self.clone();
                         tokio::spawn(async move {
                             let mut sink = relay.inner.sink.lock().await;
-                            if let Err(e) = sink.subscribe(channel).await {
+                            if let Err(e) = relay.bounded(sink.subscribe(channel)).await {
                                 tracing::error!(error = %e, "cannot subscribe the inbox again");
                                 relay.inner.alive.store(false, Ordering::Relaxed);
                             }
@@ -356,6 +364,23 @@ impl Relay {
         }
     }
 
+    /// A pub/sub command bounded by the Redis timeout. One that does not answer in time
+    /// leaves the link in an unknown state (a cluster client can wait on a shard that is
+    /// gone for good): the reader is told to make the link anew, and the sink's lock, held
+    /// by the caller, is freed for it.
+    async fn bounded(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<()>>,
+    ) -> redis::RedisResult<()> {
+        match tokio::time::timeout(self.inner.timeout, command).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.inner.stuck.notify_one();
+                Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub command timed out")))
+            }
+        }
+    }
+
     /// Unsubscribes a room's channel (the caller holds the sink's lock).
     async fn unsubscribe(&self, sink: &mut Subscriber, room: &str) -> redis::RedisResult<()> {
         let channel = self.inner.keys.channel(room);
@@ -363,7 +388,7 @@ impl Relay {
         if cluster {
             *self.inner.unsubscribing.entry(channel.clone()).or_insert(0) += 1;
         }
-        let result = sink.unsubscribe(channel.clone()).await;
+        let result = self.bounded(sink.unsubscribe(channel.clone())).await;
         if result.is_err() && cluster {
             // No push will come for it (or it comes late and closes a follow: safe).
             self.inner.unsubscribing.remove_if_mut(&channel, |_, n| {
