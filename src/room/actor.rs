@@ -611,9 +611,8 @@ impl Room {
         }
     }
 
-    /// Applies ops of the server: any path (server-owned state under `server/` included),
-    /// the same limits as players' ops, no room type rules. Answered once durable.
-    async fn server_write(&mut self, ops: Vec<Op>) -> Result<AdminReply, Refusal> {
+    /// Checks a batch's size and parses its ops against the path limits.
+    fn parse_batch(&self, ops: Vec<Op>) -> Result<Vec<ParsedOp>, Refusal> {
         let max_ops = self.deps.config.max_ops_per_batch;
         if ops.is_empty() || ops.len() > max_ops {
             return Err(Refusal::new(
@@ -622,7 +621,13 @@ impl Room {
             ));
         }
         let limits = self.limits;
-        let parsed = ops.into_iter().map(|op| ParsedOp::parse(op, limits)).collect::<Result<Vec<_>, _>>()?;
+        ops.into_iter().map(|op| ParsedOp::parse(op, limits)).collect()
+    }
+
+    /// Applies ops of the server: any path (server-owned state under `server/` included),
+    /// the same limits as players' ops, no room type rules. Answered once durable.
+    async fn server_write(&mut self, ops: Vec<Op>) -> Result<AdminReply, Refusal> {
+        let parsed = self.parse_batch(ops)?;
         let mut txn = Txn::new(&mut self.doc, &mut self.size, self.deps.config.max_state_bytes);
         for op in parsed {
             txn.apply(op)?;
@@ -892,7 +897,6 @@ impl Room {
 
     /// Applies one op batch. `Ok(None)`: a retried cid, answered with its original ack.
     fn apply_ops(&mut self, player: &PlayerId, cid: u64, ops: Vec<Op>) -> Result<Option<Vec<Op>>, Refusal> {
-        let max_ops = self.deps.config.max_ops_per_batch;
         let Some(member) = self.members.get(player) else {
             return Ok(None);
         };
@@ -917,14 +921,7 @@ impl Room {
                 )),
             };
         }
-        if ops.is_empty() || ops.len() > max_ops {
-            return Err(Refusal::new(
-                ErrorCode::TooManyOps,
-                format!("a batch holds 1 to {max_ops} ops, this one has {}", ops.len()),
-            ));
-        }
-        let limits = self.limits;
-        let parsed = ops.into_iter().map(|op| ParsedOp::parse(op, limits)).collect::<Result<Vec<_>, _>>()?;
+        let parsed = self.parse_batch(ops)?;
         let mut txn = Txn::new(&mut self.doc, &mut self.size, self.deps.config.max_state_bytes);
         self.logic.apply(player, parsed, &mut txn, Instant::now())?;
         txn.check_size()?;
