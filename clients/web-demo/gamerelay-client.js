@@ -101,6 +101,27 @@ var NotConnectedError = class extends GamerelayError {
 function joinError(code, message) {
   return code === "session_expired" ? new SessionExpiredError(message) : new JoinError(code, message);
 }
+var CloseCode = {
+  left: 1e3,
+  goingAway: 1001,
+  abnormal: 1006,
+  frameTooLarge: 1009,
+  internalError: 1011,
+  serviceRestart: 1012,
+  tryAgainLater: 1013,
+  replaced: 4e3,
+  protocolError: 4001,
+  unsupportedVersion: 4002,
+  unauthorized: 4003,
+  kicked: 4004,
+  rateLimited: 4005,
+  /** The game backend closed the room (admin API): the room and its sessions are gone. Do not reconnect. */
+  roomClosed: 4006,
+  handshakeTimeout: 4100,
+  idleTimeout: 4101,
+  slowConsumer: 4102,
+  roomMoved: 4103
+};
 function shouldReconnect(code) {
   return code === 1001 || code === 1006 || code === 1011 || code === 1012 || code === 1013 || code >= 4100 && code <= 4199;
 }
@@ -2307,6 +2328,18 @@ function parseSnapshot(f) {
   if (!isMap(state)) throw new FrameError("snapshot.state must be a map");
   return { epoch: f.uint("epoch"), seq: f.uint("seq"), state, hash: f.str("hash") };
 }
+function parseListing(f) {
+  const metadata = f.value("metadata");
+  if (!isMap(metadata)) throw new FrameError("rooms[].metadata must be a map");
+  return {
+    room: f.str("room"),
+    type: f.str("type"),
+    members: f.uint("members", 4294967295),
+    max_players: f.uint("max_players", 4294967295),
+    metadata,
+    created: f.uint("created")
+  };
+}
 function parseServer(f, t) {
   switch (t) {
     case "welcome":
@@ -2366,6 +2399,13 @@ function parseServer(f, t) {
       if (retryMs !== null) msg.retry_ms = retryMs;
       return msg;
     }
+    case "rooms":
+      return {
+        t,
+        id: f.uint("id"),
+        type: f.str("type"),
+        rooms: f.array("rooms").map((v, i) => parseListing(f.child(i, v, `rooms[${i}]`, "rooms")))
+      };
     case "batch":
       return {
         t,
@@ -2396,7 +2436,9 @@ function decodeClient(bytes) {
       return m;
     }
     case "join": {
-      const m = { t, room: f.str("room"), type: f.str("type") };
+      const choose = f.nullable("join_or_create", f.bool);
+      const room = choose === true ? f.nullable("room", f.str) ?? "" : f.str("room");
+      const m = { t, room, type: f.str("type") };
       for (const key of ["token", "session"]) {
         const v = opt(key);
         if (v !== void 0) m[key] = v;
@@ -2405,6 +2447,7 @@ function decodeClient(bytes) {
         const v = optU64(key);
         if (v !== void 0) m[key] = v;
       }
+      if (choose !== null) m.join_or_create = choose;
       return m;
     }
     case "ops":
@@ -2420,6 +2463,11 @@ function decodeClient(bytes) {
     }
     case "leave":
       return { t };
+    case "list_rooms": {
+      const id = optU64("id");
+      const type = f.str("type");
+      return id === void 0 ? { t, type } : { t, id, type };
+    }
     default:
       throw new FrameError(`unknown message type ${JSON.stringify(t)}`);
   }
@@ -2493,28 +2541,165 @@ var Client = class {
   /** Joins `roomId` as a new player. Rejects with a JoinError (bad_room, room_full, ...) or ClosedError/TimeoutError. */
   async join(roomId, options) {
     if (!ROOM_ID.test(roomId)) throw new InvalidRequestError(`room id ${JSON.stringify(roomId)} is not 1-128 of [A-Za-z0-9_.:-]`);
-    const room = new Room(this.roomUrl(roomId), roomId, options, this.settings);
+    const room = new Room((id) => this.roomUrl(id), roomId, options, this.settings);
     await room.start();
     return room;
   }
+  /**
+   * Joins a room of `type` that the server chooses (`join_or_create`, PROTOCOL.md §4.5): a
+   * seat in the oldest listed room of that type with one free, else a new listed room
+   * (`<type>-<12 hex>`). The room's `id` is the server's choice, and reconnects resume there.
+   * Rejects like `join` (JoinError `bad_room` for an unknown type, `forbidden`, `overloaded`, ...).
+   */
+  async joinOrCreate(type, options = {}) {
+    if (typeof type !== "string" || type === "") throw new InvalidRequestError("joinOrCreate needs a room type");
+    const room = new Room((id) => this.roomUrl(id), "", { ...options, type }, this.settings, true);
+    await room.start();
+    return room;
+  }
+  /**
+   * The listed rooms of `type`, oldest first (full ones included: `members == max_players`).
+   * Rejects with ServerError (`bad_room` for an unknown type, `rate_limited`, ...),
+   * TimeoutError, ClosedError, ProtocolError or InvalidRequestError.
+   */
+  async listRooms(type, options = {}) {
+    if (typeof type !== "string" || type === "") throw new InvalidRequestError("listRooms needs a room type");
+    const timeoutMs = options.timeoutMs ?? this.settings.handshakeTimeoutMs;
+    if (options.via === "http") return listRoomsHttp(roomsHttpUrl(this.url, type), type, timeoutMs);
+    return listRoomsWs(this.settings, this.url, type, timeoutMs);
+  }
+  /** The URL of a room's connections: with `?room=<id>` for the load balancer, unless the id is not known yet. */
   roomUrl(roomId) {
-    if (!this.settings.roomQuery || /[?&]room=/.test(this.url)) return this.url;
+    if (!this.settings.roomQuery || roomId === "" || /[?&]room=/.test(this.url)) return this.url;
     return `${this.url}${this.url.includes("?") ? "&" : "?"}room=${roomId}`;
   }
 };
+function listRoomsWs(settings, url, type, timeoutMs) {
+  const ID = 1;
+  return new Promise((resolve, reject) => {
+    let ws;
+    try {
+      ws = new settings.WebSocket(url);
+    } catch (e) {
+      reject(new ClosedError(null, `cannot open ${url}: ${e.message}`, true));
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    let done = false;
+    const finish = (result) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      detach(ws);
+      safeClose(ws, 1e3, "listed");
+      if (result instanceof GamerelayError) reject(result);
+      else resolve(result);
+    };
+    const timer = setTimeout(() => finish(new TimeoutError(`no \`rooms\` within ${timeoutMs} ms`)), timeoutMs);
+    ws.onopen = () => {
+      ws.send(encodeMessage({ t: "hello", v: PROTOCOL_VERSION, client: settings.clientName }));
+      ws.send(encodeMessage({ t: "list_rooms", id: ID, type }));
+    };
+    ws.onmessage = (ev) => {
+      const bytes = toBytes(ev.data);
+      if (!bytes || done) return;
+      let msgs;
+      try {
+        msgs = flatten(decodeServer(bytes));
+      } catch (e) {
+        finish(new ProtocolError(`undecodable frame before \`rooms\`: ${e.message}`));
+        return;
+      }
+      for (const m of msgs) {
+        if (m.t === "welcome" && m.v !== PROTOCOL_VERSION) return finish(new ProtocolError(`server speaks protocol v${m.v}`));
+        if (m.t === "rooms" && m.id === ID) return finish(m.rooms);
+        if (m.t === "error") return finish(new ServerError(m.code, m.message));
+      }
+    };
+    ws.onclose = (ev) => {
+      const code = typeof ev.code === "number" ? ev.code : null;
+      const retry = code === null || shouldReconnect(code);
+      finish(new ClosedError(code, ev.reason || "connection closed before `rooms`", retry));
+    };
+    ws.onerror = () => {
+    };
+  });
+}
+function roomsHttpUrl(wsUrl, type) {
+  let u;
+  try {
+    u = new URL(wsUrl);
+  } catch {
+    throw new InvalidRequestError(`not a URL: ${wsUrl}`);
+  }
+  u.protocol = u.protocol === "wss:" ? "https:" : u.protocol === "ws:" ? "http:" : u.protocol;
+  u.pathname = u.pathname.replace(/\/[^/]*$/, "") + "/rooms";
+  u.search = "";
+  u.hash = "";
+  u.searchParams.set("type", type);
+  return u.toString();
+}
+async function listRoomsHttp(url, type, timeoutMs) {
+  const fetchFn = globalThis.fetch;
+  if (!fetchFn) throw new InvalidRequestError('no fetch: list rooms over the WebSocket (via: "ws")');
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeoutMs);
+  let status;
+  let body;
+  try {
+    const res = await fetchFn(url, { signal: abort.signal, headers: { accept: "application/json" } });
+    status = res.status;
+    const text = await res.text();
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = void 0;
+    }
+  } catch (e) {
+    if (abort.signal.aborted) throw new TimeoutError(`no answer from ${url} within ${timeoutMs} ms`);
+    throw new ClosedError(null, `GET ${url}: ${e.message}`, true);
+  } finally {
+    clearTimeout(timer);
+  }
+  const o = body;
+  if (status < 200 || status > 299) {
+    if (o && typeof o.error?.code === "string") throw new ServerError(o.error.code, String(o.error.message ?? ""));
+    if (status >= 500) throw new ServerError("unavailable", `GET ${url}: HTTP ${status}`);
+    throw new ProtocolError(`GET ${url}: HTTP ${status} without an error body`);
+  }
+  if (!o || o.type !== type || !Array.isArray(o.rooms)) throw new ProtocolError(`GET ${url}: not a room listing`);
+  return o.rooms.map((r, i) => listingFromJson(r, i));
+}
+function listingFromJson(r, i) {
+  const o = r;
+  const uint = (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+  const meta = o?.metadata;
+  if (typeof o !== "object" || o === null || typeof o.room !== "string" || typeof o.type !== "string" || !uint(o.members) || !uint(o.max_players) || !uint(o.created) || typeof meta !== "object" || meta === null || Array.isArray(meta)) {
+    throw new ProtocolError(`GET /rooms: rooms[${i}] is not a room listing`);
+  }
+  return {
+    room: o.room,
+    type: o.type,
+    members: o.members,
+    max_players: o.max_players,
+    metadata: meta,
+    created: o.created
+  };
+}
 var Room = class extends Emitter {
-  /** @internal Use `Client.join`. */
-  constructor(url, id, joinOptions, settings) {
+  /** @internal Use `Client.join` or `Client.joinOrCreate`. */
+  constructor(urlFor, roomId, joinOptions, settings, joinOrCreate = false) {
     super();
-    this.url = url;
-    this.id = id;
+    this.urlFor = urlFor;
     this.joinOptions = joinOptions;
     this.settings = settings;
+    this.joinOrCreate = joinOrCreate;
+    this.roomId = roomId;
   }
-  url;
-  id;
+  urlFor;
   joinOptions;
   settings;
+  joinOrCreate;
   mirror = new Mirror();
   /** This player's id. */
   player = "";
@@ -2539,6 +2724,11 @@ var Room = class extends Emitter {
   disconnectedAt = 0;
   leaving = null;
   terminal = null;
+  roomId;
+  /** Room id: the one joined, or the server's choice with `joinOrCreate` (resumes go there). */
+  get id() {
+    return this.roomId;
+  }
   /** Room type. */
   get type() {
     return this.joinOptions.type;
@@ -2698,8 +2888,10 @@ var Room = class extends Emitter {
   }
   joinMessage(resume) {
     const o = this.joinOptions;
-    const m = { t: "join", room: this.id, type: o.type };
+    const choose = this.joinOrCreate && !resume;
+    const m = { t: "join", room: choose ? "" : this.roomId, type: o.type };
     if (o.token !== void 0) m.token = o.token;
+    if (choose) m.join_or_create = true;
     if (resume) {
       m.session = this.session;
       if (!this.mirror.stale) {
@@ -2713,11 +2905,12 @@ var Room = class extends Emitter {
   /** Opens a socket, sends hello + join back to back, and waits for `joined`. */
   handshake(resume) {
     return new Promise((resolve, reject) => {
+      const url = this.urlFor(this.roomId);
       let ws;
       try {
-        ws = new this.settings.WebSocket(this.url);
+        ws = new this.settings.WebSocket(url);
       } catch (e) {
-        reject(new ClosedError(null, `cannot open ${this.url}: ${e.message}`, true));
+        reject(new ClosedError(null, `cannot open ${url}: ${e.message}`, true));
         return;
       }
       ws.binaryType = "arraybuffer";
@@ -2783,6 +2976,13 @@ var Room = class extends Emitter {
     if (resumed && (!j.resumed || j.player !== this.player)) {
       safeClose(hs.ws);
       throw new SessionExpiredError(`the resume of ${this.player} was answered as a new player ${j.player}`);
+    }
+    if (!resumed) {
+      if (this.joinOrCreate && !ROOM_ID.test(j.room)) {
+        safeClose(hs.ws);
+        throw new ProtocolError(`join_or_create answered with the room id ${JSON.stringify(j.room)}`);
+      }
+      this.roomId = j.room || this.roomId;
     }
     this.player = j.player;
     this.session = j.session;
@@ -3078,6 +3278,7 @@ function opProblem(op) {
 }
 export {
   Client,
+  CloseCode,
   ClosedError,
   FrameError,
   GamerelayError,

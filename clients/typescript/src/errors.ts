@@ -119,7 +119,33 @@ export function joinError(code: string, message: string): JoinError {
   return code === "session_expired" ? new SessionExpiredError(message) : new JoinError(code, message);
 }
 
-/** Close codes after which a client reconnects and resumes (§15), including unknown ones by range. */
+/** The close codes of the protocol (§15). Unknown codes are judged by range (`shouldReconnect`). */
+export const CloseCode = {
+  left: 1000,
+  goingAway: 1001,
+  abnormal: 1006,
+  frameTooLarge: 1009,
+  internalError: 1011,
+  serviceRestart: 1012,
+  tryAgainLater: 1013,
+  replaced: 4000,
+  protocolError: 4001,
+  unsupportedVersion: 4002,
+  unauthorized: 4003,
+  kicked: 4004,
+  rateLimited: 4005,
+  /** The game backend closed the room (admin API): the room and its sessions are gone. Do not reconnect. */
+  roomClosed: 4006,
+  handshakeTimeout: 4100,
+  idleTimeout: 4101,
+  slowConsumer: 4102,
+  roomMoved: 4103,
+} as const;
+
+/**
+ * Close codes after which a client reconnects and resumes (§15), including unknown ones by
+ * range: 4000-4099 (4000 replaced ... 4006 room_closed) never reconnect, 4100-4199 do.
+ */
 export function shouldReconnect(code: number): boolean {
   return code === 1001 || code === 1006 || code === 1011 || code === 1012 || code === 1013 || (code >= 4100 && code <= 4199);
 }

@@ -6,6 +6,8 @@ export type {
   ConnectionState,
   ConnectionStatus,
   JoinOptions,
+  JoinOrCreateOptions,
+  ListRoomsOptions,
   OpResult,
   ReconnectOptions,
   RoomEvents,
@@ -13,6 +15,7 @@ export type {
   WebSocketLike,
 } from "./room.js";
 export {
+  CloseCode,
   ClosedError,
   GamerelayError,
   InvalidRequestError,
@@ -32,6 +35,7 @@ export { Mirror, GapError } from "./mirror.js";
 export type { ChangeCallback } from "./mirror.js";
 export { decodeClient, decodeServer, decodeValue, encodeMessage, PROTOCOL_VERSION } from "./protocol.js";
 export type * from "./protocol.js";
+export type { RoomListing } from "./protocol.js";
 export { FrameError } from "./strict.js";
 export { canonicalBytes, stateHash, valueEquals, getIn, MAX_INT, MAX_DEPTH } from "./values.js";
 export type { Value, ValueMap } from "./values.js";

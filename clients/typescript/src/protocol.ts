@@ -47,12 +47,15 @@ export interface Hello {
 }
 export interface Join {
   t: "join";
+  /** Room id; empty with `join_or_create` (the server chooses). */
   room: string;
   type: string;
   token?: string;
   session?: string;
   epoch?: number;
   seq?: number;
+  /** `true`: the server chooses the room (§4.5); `room` is then empty. Never on a resume. */
+  join_or_create?: boolean;
   /** Fields this version does not know (e.g. a future auth field), sent as given. */
   [extra: string]: Value | undefined;
 }
@@ -73,7 +76,14 @@ export interface Ping {
 export interface Leave {
   t: "leave";
 }
-export type ClientMessage = Hello | Join | Ops | MsgOut | Ping | Leave;
+/** Lists the listed rooms of a type (§5.7), answered with `rooms` or `error{bad_room}`. */
+export interface ListRooms {
+  t: "list_rooms";
+  /** Echoed in the answer. Default 0. */
+  id?: number;
+  type: string;
+}
+export type ClientMessage = Hello | Join | Ops | MsgOut | Ping | Leave | ListRooms;
 
 // ---- server messages (§6)
 
@@ -139,6 +149,26 @@ export interface ErrorMsg {
   /** With retryable codes such as `overloaded` and `rate_limited`: wait about this many ms. */
   retry_ms?: number;
 }
+/** One listed room (§6.11), as `rooms` and `GET /rooms` describe it. */
+export interface RoomListing {
+  /** Room id (join it by id, or let `join_or_create` choose it). */
+  room: string;
+  type: string;
+  /** Seats taken: members connected or within their grace, and seats reserved by `join_or_create`. */
+  members: number;
+  max_players: number;
+  /** Set by the game backend; `{}` if none. */
+  metadata: ValueMap;
+  /** Creation time, ms since the Unix epoch. */
+  created: number;
+}
+/** Answer to `list_rooms` (§6.11): listed rooms of `type`, oldest first. */
+export interface Rooms {
+  t: "rooms";
+  id: number;
+  type: string;
+  rooms: RoomListing[];
+}
 export interface Batch {
   t: "batch";
   msgs: ServerMessage[];
@@ -154,6 +184,7 @@ export type ServerMessage =
   | Presence
   | Pong
   | ErrorMsg
+  | Rooms
   | Batch;
 
 // ---- decoding
@@ -313,6 +344,19 @@ function parseSnapshot(f: Fields): Snapshot {
   return { epoch: f.uint("epoch"), seq: f.uint("seq"), state, hash: f.str("hash") };
 }
 
+function parseListing(f: Fields): RoomListing {
+  const metadata = f.value("metadata");
+  if (!isMap(metadata)) throw new FrameError("rooms[].metadata must be a map");
+  return {
+    room: f.str("room"),
+    type: f.str("type"),
+    members: f.uint("members", 0xffffffff),
+    max_players: f.uint("max_players", 0xffffffff),
+    metadata,
+    created: f.uint("created"),
+  };
+}
+
 function parseServer(f: Fields, t: string): ServerMessage {
   switch (t) {
     case "welcome":
@@ -372,6 +416,13 @@ function parseServer(f: Fields, t: string): ServerMessage {
       if (retryMs !== null) msg.retry_ms = retryMs;
       return msg;
     }
+    case "rooms":
+      return {
+        t,
+        id: f.uint("id"),
+        type: f.str("type"),
+        rooms: f.array("rooms").map((v, i) => parseListing(f.child(i, v, `rooms[${i}]`, "rooms"))),
+      };
     case "batch":
       return {
         t,
@@ -406,7 +457,10 @@ export function decodeClient(bytes: Uint8Array): ClientMessage {
       return m;
     }
     case "join": {
-      const m: Join = { t, room: f.str("room"), type: f.str("type") };
+      const choose = f.nullable("join_or_create", f.bool);
+      // `room` may be omitted only when the server chooses (§5.2).
+      const room = choose === true ? (f.nullable("room", f.str) ?? "") : f.str("room");
+      const m: Join = { t, room, type: f.str("type") };
       for (const key of ["token", "session"] as const) {
         const v = opt(key);
         if (v !== undefined) m[key] = v;
@@ -415,6 +469,7 @@ export function decodeClient(bytes: Uint8Array): ClientMessage {
         const v = optU64(key);
         if (v !== undefined) m[key] = v;
       }
+      if (choose !== null) m.join_or_create = choose;
       return m;
     }
     case "ops":
@@ -430,6 +485,11 @@ export function decodeClient(bytes: Uint8Array): ClientMessage {
     }
     case "leave":
       return { t };
+    case "list_rooms": {
+      const id = optU64("id");
+      const type = f.str("type");
+      return id === undefined ? { t, type } : { t, id, type };
+    }
     default:
       throw new FrameError(`unknown message type ${JSON.stringify(t)}`);
   }

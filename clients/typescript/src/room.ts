@@ -1,6 +1,8 @@
-// The client: `Client.join` opens a connection to one room (one room per connection in
-// protocol v1) and returns a `Room`, which mirrors the room's state, sends op batches and
-// ephemeral messages, and reconnects and resumes by itself (PROTOCOL.md §19).
+// The client: `Client.join` (a room by id) and `Client.joinOrCreate` (a room the server
+// chooses) open a connection to one room (one room per connection in protocol v1) and return
+// a `Room`, which mirrors the room's state, sends op batches and ephemeral messages, and
+// reconnects and resumes by itself (PROTOCOL.md §19). `Client.listRooms` lists the listed
+// rooms of a type on a short-lived connection of its own (or over HTTP).
 
 import { Emitter } from "./emitter.js";
 import {
@@ -27,6 +29,7 @@ import {
   type Joined,
   type Op,
   type PresenceStatus,
+  type RoomListing,
   type ServerMessage,
   type Snapshot,
   type Welcome,
@@ -91,6 +94,20 @@ export interface JoinOptions {
   token?: string;
   /** More `join` fields, sent as given on every join and resume (for extensions such as auth). */
   fields?: Record<string, Value>;
+}
+
+/** Options of `Client.joinOrCreate`: those of `join` but the type, which is its first argument. */
+export type JoinOrCreateOptions = Omit<JoinOptions, "type">;
+
+export interface ListRoomsOptions {
+  /** Give up after this long (opening the socket included). Default: the client's `handshakeTimeoutMs`. */
+  timeoutMs?: number;
+  /**
+   * `ws` (default): a short-lived WebSocket to the client's URL (`hello`, `list_rooms`, the
+   * `rooms` answer, close). `http`: `GET /rooms?type=T` on the same host, the path's last
+   * segment (`/ws`) replaced by `rooms`; needs `fetch` (browsers, Node >= 18).
+   */
+  via?: "ws" | "http";
 }
 
 export type ConnectionState = "connected" | "reconnecting" | "closed";
@@ -228,15 +245,172 @@ export class Client {
   /** Joins `roomId` as a new player. Rejects with a JoinError (bad_room, room_full, ...) or ClosedError/TimeoutError. */
   async join(roomId: string, options: JoinOptions): Promise<Room> {
     if (!ROOM_ID.test(roomId)) throw new InvalidRequestError(`room id ${JSON.stringify(roomId)} is not 1-128 of [A-Za-z0-9_.:-]`);
-    const room = new Room(this.roomUrl(roomId), roomId, options, this.settings);
+    const room = new Room((id) => this.roomUrl(id), roomId, options, this.settings);
     await room.start();
     return room;
   }
 
+  /**
+   * Joins a room of `type` that the server chooses (`join_or_create`, PROTOCOL.md §4.5): a
+   * seat in the oldest listed room of that type with one free, else a new listed room
+   * (`<type>-<12 hex>`). The room's `id` is the server's choice, and reconnects resume there.
+   * Rejects like `join` (JoinError `bad_room` for an unknown type, `forbidden`, `overloaded`, ...).
+   */
+  async joinOrCreate(type: string, options: JoinOrCreateOptions = {}): Promise<Room> {
+    if (typeof type !== "string" || type === "") throw new InvalidRequestError("joinOrCreate needs a room type");
+    const room = new Room((id) => this.roomUrl(id), "", { ...options, type }, this.settings, true);
+    await room.start();
+    return room;
+  }
+
+  /**
+   * The listed rooms of `type`, oldest first (full ones included: `members == max_players`).
+   * Rejects with ServerError (`bad_room` for an unknown type, `rate_limited`, ...),
+   * TimeoutError, ClosedError, ProtocolError or InvalidRequestError.
+   */
+  async listRooms(type: string, options: ListRoomsOptions = {}): Promise<RoomListing[]> {
+    if (typeof type !== "string" || type === "") throw new InvalidRequestError("listRooms needs a room type");
+    const timeoutMs = options.timeoutMs ?? this.settings.handshakeTimeoutMs;
+    if (options.via === "http") return listRoomsHttp(roomsHttpUrl(this.url, type), type, timeoutMs);
+    return listRoomsWs(this.settings, this.url, type, timeoutMs);
+  }
+
+  /** The URL of a room's connections: with `?room=<id>` for the load balancer, unless the id is not known yet. */
   private roomUrl(roomId: string): string {
-    if (!this.settings.roomQuery || /[?&]room=/.test(this.url)) return this.url;
+    if (!this.settings.roomQuery || roomId === "" || /[?&]room=/.test(this.url)) return this.url;
     return `${this.url}${this.url.includes("?") ? "&" : "?"}room=${roomId}`;
   }
+}
+
+/** `list_rooms` on a connection of its own: `hello`, `list_rooms`, the `rooms` answer, close. */
+function listRoomsWs(settings: Settings, url: string, type: string, timeoutMs: number): Promise<RoomListing[]> {
+  const ID = 1;
+  return new Promise<RoomListing[]>((resolve, reject) => {
+    let ws: WebSocketLike;
+    try {
+      ws = new settings.WebSocket(url);
+    } catch (e) {
+      reject(new ClosedError(null, `cannot open ${url}: ${(e as Error).message}`, true));
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    let done = false;
+    const finish = (result: RoomListing[] | GamerelayError): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      detach(ws);
+      safeClose(ws, 1000, "listed");
+      if (result instanceof GamerelayError) reject(result);
+      else resolve(result);
+    };
+    const timer = setTimeout(() => finish(new TimeoutError(`no \`rooms\` within ${timeoutMs} ms`)), timeoutMs);
+    ws.onopen = () => {
+      ws.send(encodeMessage({ t: "hello", v: PROTOCOL_VERSION, client: settings.clientName }));
+      ws.send(encodeMessage({ t: "list_rooms", id: ID, type }));
+    };
+    ws.onmessage = (ev) => {
+      const bytes = toBytes(ev.data);
+      if (!bytes || done) return;
+      let msgs: ServerMessage[];
+      try {
+        msgs = flatten(decodeServer(bytes));
+      } catch (e) {
+        finish(new ProtocolError(`undecodable frame before \`rooms\`: ${(e as Error).message}`));
+        return;
+      }
+      for (const m of msgs) {
+        if (m.t === "welcome" && m.v !== PROTOCOL_VERSION) return finish(new ProtocolError(`server speaks protocol v${m.v}`));
+        if (m.t === "rooms" && m.id === ID) return finish(m.rooms);
+        if (m.t === "error") return finish(new ServerError(m.code, m.message));
+      }
+    };
+    ws.onclose = (ev) => {
+      const code = typeof ev.code === "number" ? ev.code : null;
+      const retry = code === null || shouldReconnect(code);
+      finish(new ClosedError(code, ev.reason || "connection closed before `rooms`", retry));
+    };
+    ws.onerror = () => {
+      // `close` follows
+    };
+  });
+}
+
+/** `http(s)://host/.../rooms?type=T` for a client URL `ws(s)://host/.../ws`. */
+function roomsHttpUrl(wsUrl: string, type: string): string {
+  let u: URL;
+  try {
+    u = new URL(wsUrl);
+  } catch {
+    throw new InvalidRequestError(`not a URL: ${wsUrl}`);
+  }
+  u.protocol = u.protocol === "wss:" ? "https:" : u.protocol === "ws:" ? "http:" : u.protocol;
+  u.pathname = u.pathname.replace(/\/[^/]*$/, "") + "/rooms";
+  u.search = "";
+  u.hash = "";
+  u.searchParams.set("type", type);
+  return u.toString();
+}
+
+/** `GET /rooms?type=T`: `{"type", "rooms": [...]}`, or `{"error": {"code", "message"}}`. */
+async function listRoomsHttp(url: string, type: string, timeoutMs: number): Promise<RoomListing[]> {
+  const fetchFn = (globalThis as { fetch?: typeof fetch }).fetch;
+  if (!fetchFn) throw new InvalidRequestError("no fetch: list rooms over the WebSocket (via: \"ws\")");
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), timeoutMs);
+  let status: number;
+  let body: unknown;
+  try {
+    const res = await fetchFn(url, { signal: abort.signal, headers: { accept: "application/json" } });
+    status = res.status;
+    const text = await res.text();
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = undefined;
+    }
+  } catch (e) {
+    if (abort.signal.aborted) throw new TimeoutError(`no answer from ${url} within ${timeoutMs} ms`);
+    throw new ClosedError(null, `GET ${url}: ${(e as Error).message}`, true);
+  } finally {
+    clearTimeout(timer);
+  }
+  const o = body as { type?: unknown; rooms?: unknown; error?: { code?: unknown; message?: unknown } } | undefined;
+  if (status < 200 || status > 299) {
+    if (o && typeof o.error?.code === "string") throw new ServerError(o.error.code, String(o.error.message ?? ""));
+    if (status >= 500) throw new ServerError("unavailable", `GET ${url}: HTTP ${status}`);
+    throw new ProtocolError(`GET ${url}: HTTP ${status} without an error body`);
+  }
+  if (!o || o.type !== type || !Array.isArray(o.rooms)) throw new ProtocolError(`GET ${url}: not a room listing`);
+  return o.rooms.map((r, i) => listingFromJson(r, i));
+}
+
+function listingFromJson(r: unknown, i: number): RoomListing {
+  const o = r as Record<string, unknown>;
+  const uint = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+  const meta = o?.metadata;
+  if (
+    typeof o !== "object" ||
+    o === null ||
+    typeof o.room !== "string" ||
+    typeof o.type !== "string" ||
+    !uint(o.members) ||
+    !uint(o.max_players) ||
+    !uint(o.created) ||
+    typeof meta !== "object" ||
+    meta === null ||
+    Array.isArray(meta)
+  ) {
+    throw new ProtocolError(`GET /rooms: rooms[${i}] is not a room listing`);
+  }
+  return {
+    room: o.room,
+    type: o.type,
+    members: o.members,
+    max_players: o.max_players,
+    metadata: meta as ValueMap,
+    created: o.created,
+  };
 }
 
 /** One joined room: its state mirror, its members, and the requests a player makes. */
@@ -265,16 +439,25 @@ export class Room extends Emitter<RoomEvents> {
   private disconnectedAt = 0;
   private leaving: { resolve: () => void } | null = null;
   private terminal: GamerelayError | null = null;
+  private roomId: string;
 
-  /** @internal Use `Client.join`. */
+  /** @internal Use `Client.join` or `Client.joinOrCreate`. */
   constructor(
-    private readonly url: string,
-    /** Room id. */
-    readonly id: string,
+    /** The URL of a connection to a room (its id is "" while `join_or_create` has not chosen yet). */
+    private readonly urlFor: (roomId: string) => string,
+    roomId: string,
     private readonly joinOptions: JoinOptions,
     private readonly settings: Settings,
+    /** The first join lets the server choose the room (`join_or_create`). */
+    private readonly joinOrCreate = false,
   ) {
     super();
+    this.roomId = roomId;
+  }
+
+  /** Room id: the one joined, or the server's choice with `joinOrCreate` (resumes go there). */
+  get id(): string {
+    return this.roomId;
   }
 
   /** Room type. */
@@ -459,8 +642,10 @@ export class Room extends Emitter<RoomEvents> {
 
   private joinMessage(resume: boolean): Join {
     const o = this.joinOptions;
-    const m: Join = { t: "join", room: this.id, type: o.type };
+    const choose = this.joinOrCreate && !resume;
+    const m: Join = { t: "join", room: choose ? "" : this.roomId, type: o.type };
     if (o.token !== undefined) m.token = o.token;
+    if (choose) m.join_or_create = true;
     if (resume) {
       m.session = this.session;
       if (!this.mirror.stale) {
@@ -475,11 +660,12 @@ export class Room extends Emitter<RoomEvents> {
   /** Opens a socket, sends hello + join back to back, and waits for `joined`. */
   private handshake(resume: boolean): Promise<Handshake> {
     return new Promise<Handshake>((resolve, reject) => {
+      const url = this.urlFor(this.roomId); // no ?room= while join_or_create has not chosen
       let ws: WebSocketLike;
       try {
-        ws = new this.settings.WebSocket(this.url);
+        ws = new this.settings.WebSocket(url);
       } catch (e) {
-        reject(new ClosedError(null, `cannot open ${this.url}: ${(e as Error).message}`, true));
+        reject(new ClosedError(null, `cannot open ${url}: ${(e as Error).message}`, true));
         return;
       }
       ws.binaryType = "arraybuffer";
@@ -546,6 +732,14 @@ export class Room extends Emitter<RoomEvents> {
     if (resumed && (!j.resumed || j.player !== this.player)) {
       safeClose(hs.ws);
       throw new SessionExpiredError(`the resume of ${this.player} was answered as a new player ${j.player}`);
+    }
+    if (!resumed) {
+      // With join_or_create, `joined.room` is the server's choice: every resume goes there.
+      if (this.joinOrCreate && !ROOM_ID.test(j.room)) {
+        safeClose(hs.ws);
+        throw new ProtocolError(`join_or_create answered with the room id ${JSON.stringify(j.room)}`);
+      }
+      this.roomId = j.room || this.roomId;
     }
     this.player = j.player;
     this.session = j.session;

@@ -11,13 +11,17 @@ import { after, before, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import WebSocket from "ws";
 import { Client, type Room } from "../../src/room.js";
-import { JoinError, RejectedError } from "../../src/errors.js";
+import { ClosedError, JoinError, RejectedError, ServerError } from "../../src/errors.js";
+import type { Delta } from "../../src/protocol.js";
 import { stateHash } from "../../src/values.js";
 import { eventually, repoRoot } from "../helpers.js";
 
 let node!: ChildProcess;
 let url = "";
+let httpBase = "";
 let log = "";
+/** The admin API's bearer token (the node's `--admin-token`), to act as the game backend. */
+const ADMIN_TOKEN = `interop-admin-token-${"x".repeat(32)}`;
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -35,7 +39,7 @@ before(async () => {
   const bin = process.env.GAMERELAY_BIN ?? joinPath(repoRoot(), "target", "release", "gamerelay");
   if (!existsSync(bin)) throw new Error(`${bin} not found: build it with cargo build --release --bin gamerelay (or set GAMERELAY_BIN)`);
   const port = await freePort();
-  node = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--node-id", "interop-node", "--log", "warn"], {
+  node = spawn(bin, ["--listen", `127.0.0.1:${port}`, "--node-id", "interop-node", "--log", "warn", "--admin-token", ADMIN_TOKEN], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   node.stdout?.on("data", (d) => (log += d));
@@ -53,6 +57,7 @@ before(async () => {
     await new Promise((r) => setTimeout(r, 50));
   }
   url = `ws://127.0.0.1:${port}/ws`;
+  httpBase = `http://127.0.0.1:${port}`;
 });
 
 after(() => {
@@ -68,6 +73,20 @@ async function join(roomId: string, type = "doc"): Promise<Room> {
   return room;
 }
 after(() => rooms.forEach((r) => r.close()));
+
+function newClient(): Client {
+  return new Client(url, { WebSocket: WebSocket as never, clientName: "interop-test", reconnect: { initialDelayMs: 20, maxDelayMs: 200 } });
+}
+
+/** A request to the admin API, as the game backend makes it. */
+async function admin(method: string, path: string, body?: unknown): Promise<unknown> {
+  const init: RequestInit = { method, headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" } };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  const r = await fetch(`${httpBase}${path}`, init);
+  const text = await r.text();
+  assert.ok(r.ok, `${method} ${path}: HTTP ${r.status} ${text}`);
+  return JSON.parse(text);
+}
 
 let n = 0;
 const roomName = (what: string): string => `ts-${what}-${process.pid}-${n++}`;
@@ -218,4 +237,62 @@ test("the ten-line example of README.md runs as written", async () => {
   assert.ok(lines.some((l) => /^p-[0-9a-f]{12} \{.*"score":0/.test(l)), `the player listener ran: ${lines.join("\n")}`);
   assert.ok(lines.includes("closed interop-node"), `the status listener saw the leave: ${lines.join("\n")}`);
   assert.ok(lines.some((l) => /^moved at seq \d+ to \{/.test(l)), `the move was applied: ${lines.join("\n")}`);
+});
+
+test("joinOrCreate: two players land in the same listed room, which listRooms shows with both seats; server/ is server-owned; room_closed ends it for good", async () => {
+  const a = await newClient().joinOrCreate("arena");
+  rooms.push(a);
+  a.on("error", () => {});
+  const b = await newClient().joinOrCreate("arena");
+  rooms.push(b);
+  b.on("error", () => {});
+  assert.match(a.id, /^arena-[0-9a-f]{12}$/, "a new listed room named <type>-<12 hex>");
+  assert.equal(b.id, a.id, "the second player gets a seat in the first one's room");
+  assert.notEqual(a.player, b.player);
+  await eventually("a sees b", () => a.members.has(b.player));
+
+  const listed = await newClient().listRooms("arena");
+  const mine = listed.find((r) => r.room === a.id);
+  assert.ok(mine, `${a.id} is listed: ${JSON.stringify(listed)}`);
+  assert.deepEqual({ ...mine, created: 0 }, { room: a.id, type: "arena", members: 2, max_players: 8, metadata: {}, created: 0 });
+  assert.ok(Math.abs(mine.created - Date.now()) < 60_000, `created ${mine.created} is about now`);
+  assert.deepEqual(await newClient().listRooms("arena", { via: "http" }), listed, "GET /rooms answers the same");
+  await assert.rejects(newClient().listRooms("nope"), (e: unknown) => e instanceof ServerError && e.code === "bad_room");
+  await assert.rejects(newClient().listRooms("nope", { via: "http" }), (e: unknown) => e instanceof ServerError && e.code === "bad_room");
+
+  // Players may not write under server/; the game backend may, and its write is a delta without cid and by.
+  await assert.rejects(a.set("server/x", 1), (e: unknown) => e instanceof RejectedError && e.code === "forbidden");
+  const deltas: Delta[] = [];
+  b.on("delta", (d) => deltas.push(d));
+  await admin("POST", `/admin/v1/rooms/${a.id}/ops`, { ops: [{ op: "set", path: "server/round", value: 3 }] });
+  await eventually("both see the backend's write", () => a.get("server/round") === 3 && b.get("server/round") === 3);
+  const fromServer = deltas.find((d) => d.ops.some((op) => op.path === "server/round"));
+  assert.ok(fromServer && fromServer.cid === null && fromServer.by === null, JSON.stringify(fromServer));
+
+  // A dropped player resumes in the room chosen, as the same player.
+  const resumed: unknown[] = [];
+  b.on("resumed", (r) => resumed.push(r));
+  const player = b.player;
+  b.simulateDrop();
+  await eventually("b resumed", () => resumed.length === 1 && b.connected);
+  assert.equal(b.id, a.id);
+  assert.equal(b.player, player);
+  const x = b.get(`players/${b.player}/x`) as number;
+  const to = x < 500 ? x + 1 : x - 1;
+  await b.merge(`players/${b.player}`, { x: to });
+  await eventually("a sees b's move after the resume", () => a.get(`players/${b.player}/x`) === to);
+
+  // The backend closes the room: 4006 room_closed, and nobody reconnects.
+  const closed = [a, b].map((r) => new Promise<unknown>((resolve) => r.on("closed", resolve)));
+  const reconnecting: number[] = [];
+  for (const r of [a, b]) r.on("reconnecting", (e) => reconnecting.push(e.attempt));
+  await admin("DELETE", `/admin/v1/rooms/${a.id}?reason=round+over`);
+  for (const err of await Promise.all(closed)) {
+    assert.ok(err instanceof ClosedError && err.closeCode === 4006, `closed with ${JSON.stringify(err)}`);
+    assert.match(err.reason, /^room_closed/);
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(reconnecting, [], "no reconnect after 4006");
+  assert.equal(a.status.state, "closed");
+  assert.equal(b.status.state, "closed");
 });

@@ -6,14 +6,28 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import WebSocket, { WebSocketServer } from "ws";
 import { backoffDelay, Client, type ClientOptions, type Room } from "../../src/room.js";
-import { ClosedError, retryHint, SessionExpiredError, shouldReconnect } from "../../src/errors.js";
-import { decodeClient, decodeValue, encodeMessage, type ClientMessage, type ServerMessage, type Snapshot } from "../../src/protocol.js";
+import { CloseCode, ClosedError, retryHint, ServerError, SessionExpiredError, shouldReconnect, TimeoutError } from "../../src/errors.js";
+import {
+  decodeClient,
+  decodeValue,
+  encodeMessage,
+  type ClientMessage,
+  type Member,
+  type RoomListing,
+  type ServerMessage,
+  type Snapshot,
+} from "../../src/protocol.js";
 import { stateHash, type Value, type ValueMap } from "../../src/values.js";
-import { eventually } from "../helpers.js";
+import { createServer } from "node:http";
+import { eventually, hex, readVectors } from "../helpers.js";
 
 /** One accepted connection: what the client sent, and a way to answer. */
 interface Conn {
   ws: WebSocket;
+  /** The request path and query of the upgrade (`/ws?room=...`). */
+  url: string;
+  /** The frames as sent. */
+  frames: Uint8Array[];
   got: ClientMessage[];
   /** The same frames as plain values, unknown fields included. */
   raw: Value[];
@@ -24,11 +38,12 @@ async function scriptedServer(onConn: (c: Conn, index: number) => void): Promise
   const wss = new WebSocketServer({ host: "127.0.0.1", port: 0 });
   await new Promise<void>((r) => wss.once("listening", () => r()));
   const conns: Conn[] = [];
-  wss.on("connection", (ws) => {
-    const c: Conn = { ws, got: [], raw: [], send: (m) => ws.send(encodeMessage(m)) };
+  wss.on("connection", (ws, req) => {
+    const c: Conn = { ws, url: req.url ?? "", frames: [], got: [], raw: [], send: (m) => ws.send(encodeMessage(m)) };
     conns.push(c);
     const index = conns.length - 1;
     ws.on("message", (data: Buffer) => {
+      c.frames.push(new Uint8Array(data));
       c.got.push(decodeClient(new Uint8Array(data)));
       c.raw.push(decodeValue(new Uint8Array(data)));
       if (c.got.length === 2) onConn(c, index); // after hello + join
@@ -237,4 +252,127 @@ test("backoff doubles up to the cap, shortened by at most the jitter", () => {
   const policy = { enabled: true, initialDelayMs: 100, maxDelayMs: 1000, jitter: 0.5, maxAttempts: Infinity };
   assert.deepEqual([1, 2, 3, 4, 5, 6].map((n) => backoffDelay(policy, n, () => 0)), [100, 200, 400, 800, 1000, 1000]);
   assert.equal(backoffDelay(policy, 1, () => 1), 50);
+});
+
+test("close 4006 room_closed (the backend closed the room) ends the room for good: no reconnect", async () => {
+  assert.equal(CloseCode.roomClosed, 4006);
+  assert.equal(shouldReconnect(4006), false);
+  const { room, conns } = await joinScripted((c) => {
+    c.send(welcome("n"));
+    c.send(joined(false, 0, snap(1, 1, {})));
+  });
+  const closed = new Promise<unknown>((r) => room.on("closed", r));
+  const reconnecting: number[] = [];
+  room.on("reconnecting", (e) => reconnecting.push(e.attempt));
+  const pending = room.set("a", 1);
+  conns[0]!.ws.close(4006, "room_closed: round over");
+  const err = await closed;
+  assert.ok(err instanceof ClosedError && err.closeCode === 4006 && err.reason === "room_closed: round over");
+  assert.equal(err.retryable, false);
+  await assert.rejects(pending, ClosedError);
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(conns.length, 1, "no reconnect after 4006");
+  assert.deepEqual(reconnecting, []);
+  assert.equal(room.status.state, "closed");
+});
+
+test("joinOrCreate: the server chooses the room, room.id is its choice, and a resume goes there without join_or_create", async () => {
+  const chosen = "arena-0a1b2c3d4e5f";
+  const server = await scriptedServer((c, i) => {
+    c.send(welcome(`n${i}`));
+    const members: Member[] = [{ player: "p-1", status: "joined" }];
+    const base = { t: "joined", room: chosen, type: "arena", player: "p-1", session: "s1", cid: 0, members } as const;
+    if (i === 0) c.send({ ...base, resumed: false, snapshot: snap(1, 3, { n: 1 }) });
+    else c.send({ ...base, resumed: true, snapshot: null });
+  });
+  cleanups.push(server.close);
+  const client = new Client(server.url, { WebSocket: WebSocket as never, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } });
+  const room = await client.joinOrCreate("arena");
+  cleanups.push(() => room.close());
+  const conns = server.conns;
+  assert.equal(room.id, chosen);
+  assert.equal(room.type, "arena");
+  assert.equal(conns[0]!.url, "/ws", "no ?room= before the server chose");
+  assert.deepEqual(conns[0]!.got[1], { t: "join", room: "", type: "arena", join_or_create: true });
+  const vector = readVectors().messages.find((m: { direction: string; name: string }) => m.direction === "client" && m.name === "join_or_create");
+  assert.equal(hex(conns[0]!.frames[1]!), vector.hex, "the first join is the client/join_or_create vector, byte for byte");
+
+  room.simulateDrop();
+  await eventually("resumed", () => conns.length === 2 && room.connected);
+  assert.equal(conns[1]!.url, `/ws?room=${chosen}`, "the load balancer is told the room chosen");
+  assert.deepEqual(conns[1]!.got[1], { t: "join", room: chosen, type: "arena", session: "s1", epoch: 1, seq: 3 });
+  assert.equal((conns[1]!.raw[1] as Record<string, unknown>).join_or_create, undefined, "a resume never asks to choose");
+  assert.equal(room.id, chosen);
+});
+
+test("joinOrCreate with a token sends it and join_or_create in table order; refusals are JoinErrors", async () => {
+  const server = await scriptedServer((c) => {
+    c.send(welcome("n"));
+    c.send({ t: "error", code: "bad_room", message: "unknown room type \"nope\"" });
+  });
+  cleanups.push(server.close);
+  const client = new Client(server.url, { WebSocket: WebSocket as never });
+  await assert.rejects(client.joinOrCreate("nope", { token: "tok" }), (e: unknown) => e instanceof ServerError && e.code === "bad_room");
+  assert.deepEqual(Object.keys(server.conns[0]!.raw[1] as object), ["t", "room", "type", "token", "join_or_create"]);
+  await assert.rejects(client.joinOrCreate(""), /needs a room type/);
+});
+
+const listing: RoomListing = { room: "arena-0a1b2c3d4e5f", type: "arena", members: 3, max_players: 8, metadata: { map: "dunes" }, created: 1767225600000 };
+
+test("listRooms: hello and list_rooms on a connection of its own, answered with rooms, then closed", async () => {
+  const closedByClient: number[] = [];
+  const server = await scriptedServer((c) => {
+    c.ws.on("close", (code) => closedByClient.push(code));
+    c.send(welcome("n"));
+    c.send({ t: "rooms", id: (c.got[1] as { id: number }).id, type: "arena", rooms: [listing] });
+  });
+  cleanups.push(server.close);
+  const client = new Client(server.url, { WebSocket: WebSocket as never });
+  assert.deepEqual(await client.listRooms("arena"), [listing]);
+  const c = server.conns[0]!;
+  assert.equal(c.got[0]!.t, "hello");
+  assert.deepEqual(c.got[1], { t: "list_rooms", id: 1, type: "arena" });
+  assert.equal(c.got.length, 2, "nothing but hello and list_rooms");
+  await eventually("the client closed the connection", () => closedByClient.length === 1);
+  assert.equal(closedByClient[0], 1000);
+});
+
+test("listRooms: error{bad_room} is a ServerError, silence a TimeoutError, a close a ClosedError", async () => {
+  const answers: ((c: Conn) => void)[] = [
+    (c) => c.send({ t: "error", code: "bad_room", message: "unknown room type" }),
+    () => {},
+    (c) => c.ws.close(4005, "rate_limited"),
+  ];
+  const server = await scriptedServer((c, i) => {
+    c.send(welcome("n"));
+    answers[i]!(c);
+  });
+  cleanups.push(server.close);
+  const client = new Client(server.url, { WebSocket: WebSocket as never });
+  await assert.rejects(client.listRooms("nope"), (e: unknown) => e instanceof ServerError && e.code === "bad_room" && !e.retryable);
+  await assert.rejects(client.listRooms("arena", { timeoutMs: 100 }), TimeoutError);
+  await assert.rejects(client.listRooms("arena"), (e: unknown) => e instanceof ClosedError && e.closeCode === 4005);
+  await assert.rejects(client.listRooms(""), /needs a room type/);
+});
+
+test("listRooms via http: GET /rooms?type=T on the host of the WebSocket URL", async () => {
+  const paths: string[] = [];
+  const http = createServer((req, res) => {
+    paths.push(req.url ?? "");
+    const type = new URL(req.url ?? "", "http://x").searchParams.get("type");
+    res.setHeader("content-type", "application/json");
+    if (type === "arena") res.end(JSON.stringify({ type, rooms: [listing] }));
+    else {
+      res.statusCode = 422;
+      res.end(JSON.stringify({ error: { code: "bad_room", message: "unknown room type" } }));
+    }
+  });
+  await new Promise<void>((r) => http.listen(0, "127.0.0.1", r));
+  cleanups.push(() => http.close());
+  const addr = http.address();
+  const port = typeof addr === "object" && addr ? addr.port : 0;
+  const client = new Client(`ws://127.0.0.1:${port}/ws`, { WebSocket: WebSocket as never });
+  assert.deepEqual(await client.listRooms("arena", { via: "http" }), [listing]);
+  await assert.rejects(client.listRooms("nope", { via: "http" }), (e: unknown) => e instanceof ServerError && e.code === "bad_room");
+  assert.deepEqual(paths, ["/rooms?type=arena", "/rooms?type=nope"]);
 });

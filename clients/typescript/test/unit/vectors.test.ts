@@ -83,3 +83,21 @@ test("absent `X or nil` fields of server messages read as nil", () => {
   const frame = encodeMessage({ t: "delta", room: "r", epoch: 1, seq: 2, ops: [] } as unknown as ServerMessage);
   assert.deepEqual(decodeServer(frame), { t: "delta", room: "r", epoch: 1, seq: 2, cid: null, by: null, ops: [] });
 });
+
+test("join: `room` may be omitted only with join_or_create (then it reads as empty)", () => {
+  const choose = encodeMessage({ t: "join", type: "arena", join_or_create: true } as unknown as ClientMessage);
+  assert.deepEqual(decodeClient(choose), { t: "join", room: "", type: "arena", join_or_create: true });
+  const plain = encodeMessage({ t: "join", type: "arena" } as unknown as ClientMessage);
+  assert.throws(() => decodeClient(plain), FrameError);
+});
+
+test("list_rooms: id is optional; rooms entries are checked (metadata a map, created an integer)", () => {
+  assert.deepEqual(decodeClient(encodeMessage({ t: "list_rooms", type: "doc" })), { t: "list_rooms", type: "doc" });
+  const entry = { room: "a-1", type: "arena", members: 1, max_players: 8, metadata: {}, created: 5 };
+  const ok = encodeMessage({ t: "rooms", id: 0, type: "arena", rooms: [entry] });
+  assert.deepEqual(decodeServer(ok), { t: "rooms", id: 0, type: "arena", rooms: [entry] });
+  const badMeta = encodeMessage({ t: "rooms", id: 0, type: "arena", rooms: [{ ...entry, metadata: [] }] } as unknown as ServerMessage);
+  assert.throws(() => decodeServer(badMeta), FrameError);
+  const floatCreated = encodeMessage({ t: "rooms", id: 0, type: "arena", rooms: [{ ...entry, created: 5.5 }] });
+  assert.throws(() => decodeServer(floatCreated), FrameError);
+});
