@@ -75,9 +75,10 @@ pub struct Config {
     #[arg(long, env = "GAMERELAY_MAX_PLAYERS_PER_ROOM", default_value_t = 64)]
     pub max_players_per_room: usize,
 
-    /// Seats in a room created by `join_or_create` (at most --max-players-per-room).
-    #[arg(long, env = "GAMERELAY_JOIN_OR_CREATE_MAX_PLAYERS", default_value_t = 8)]
-    pub join_or_create_max_players: u32,
+    /// Seats in a room created by `join_or_create`, at most --max-players-per-room
+    /// (default: 8, or --max-players-per-room when that is lower).
+    #[arg(long, env = "GAMERELAY_JOIN_OR_CREATE_MAX_PLAYERS")]
+    pub join_or_create_max_players: Option<u32>,
 
     /// Most rooms in one `rooms` answer (`list_rooms`, `GET /rooms`).
     #[arg(long, env = "GAMERELAY_LIST_ROOMS_LIMIT", default_value_t = 100)]
@@ -336,7 +337,7 @@ impl Config {
             ("outbox-frames", self.outbox_frames as u64),
             ("room-mailbox", self.room_mailbox as u64),
             ("ping-interval-ms", self.ping_interval_ms),
-            ("join-or-create-max-players", self.join_or_create_max_players as u64),
+            ("join-or-create-max-players", self.join_or_create_max_players.map_or(1, u64::from)),
             ("list-rooms-limit", self.list_rooms_limit as u64),
         ];
         for (flag, value) in positive {
@@ -344,7 +345,7 @@ impl Config {
                 return Err(ConfigError { flag, problem: "must be greater than 0".into() });
             }
         }
-        if self.join_or_create_max_players as usize > self.max_players_per_room {
+        if self.join_or_create_max_players.is_some_and(|n| n as usize > self.max_players_per_room) {
             return Err(ConfigError {
                 flag: "join-or-create-max-players",
                 problem: format!("must be at most --max-players-per-room ({})", self.max_players_per_room),
@@ -513,6 +514,13 @@ impl Config {
         Config::parse_from(["gamerelay", "--listen", "127.0.0.1:0"])
     }
 
+    /// Seats in a room `join_or_create` creates (--join-or-create-max-players).
+    pub fn join_or_create_seats(&self) -> u32 {
+        const DEFAULT: u32 = 8;
+        let cap = u32::try_from(self.max_players_per_room).unwrap_or(u32::MAX);
+        self.join_or_create_max_players.unwrap_or(DEFAULT.min(cap))
+    }
+
     pub fn reconnect_grace(&self) -> Duration {
         Duration::from_millis(self.reconnect_grace_ms)
     }
@@ -598,6 +606,20 @@ mod tests {
     }
 
     const KEY: &str = "k1:0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn join_or_create_seats_default_to_8_within_the_room_limit() {
+        assert_eq!(parse(&[]).join_or_create_seats(), 8);
+        let small = parse(&["--max-players-per-room", "4"]);
+        small.validate().unwrap();
+        assert_eq!(small.join_or_create_seats(), 4);
+        let e = parse(&["--max-players-per-room", "4", "--join-or-create-max-players", "6"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.flag, "join-or-create-max-players");
+        let short = parse(&["--admin-token", "too-short"]).validate().unwrap_err();
+        assert_eq!(short.flag, "admin-token");
+    }
 
     #[test]
     fn without_a_key_a_node_listens_on_loopback_only_unless_insecure_dev() {

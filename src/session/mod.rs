@@ -466,7 +466,7 @@ impl Session {
             return Err(Refusal::new(ErrorCode::BadRoom, format!("unknown room type {room_type:?}")));
         }
         let new_room = crate::lobby::new_room_id(room_type);
-        let max_players = self.node.config.join_or_create_max_players;
+        let max_players = self.node.config.join_or_create_seats();
         let room = self.node.lobby.reserve(room_type, player, &new_room, max_players).await?;
         let outcome = if room == new_room { "created" } else { "existing" };
         counter!(names::JOIN_OR_CREATE, "outcome" => outcome).increment(1);
