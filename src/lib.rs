@@ -24,6 +24,8 @@
 //!             the bounded outbound queue and its writer, keepalive, close codes.
 //! gateway.rs  HTTP routes: /ws upgrade (origin, connection limits), /healthz, /readyz,
 //!             /metrics, /demo (embedded); the optional operator listener.
+//! webhook.rs  events for the game's backend (rooms created/disposed, players joined/left):
+//!             a bounded queue rooms never wait on, one ordered, signed, retrying sender.
 //! server.rs   wires it together: `Server::bind` then `run` until a shutdown signal.
 //! ```
 //!
@@ -64,3 +66,5 @@ pub mod server;
 pub mod session;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod webhook;

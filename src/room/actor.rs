@@ -32,6 +32,7 @@ use crate::protocol::{
 use crate::session::control::ConnControl;
 use crate::session::token::SessionKeys;
 use crate::telemetry::{names, HotMetrics};
+use crate::webhook::{LeaveReason, WebhookEvent, Webhooks};
 
 /// A player id, shared cheaply.
 pub type PlayerId = Arc<str>;
@@ -179,6 +180,8 @@ pub struct RoomDeps {
     pub tokens: SessionKeys,
     /// Cluster mode: publishes frames for members on other nodes.
     pub relay: Option<Relay>,
+    /// Tells the game's backend about rooms and players (`--webhook-url`); never waits.
+    pub webhooks: Webhooks,
 }
 
 /// Most commands handled before staged deltas are committed and fanned out.
@@ -231,6 +234,10 @@ pub struct Room {
     /// seq and time of the last durable snapshot (`None`: none written yet).
     snapshot_seq: Option<u64>,
     snapshot_at: Instant,
+    /// Whether the room starts anew (`room.created`): no stored data, or stored data without
+    /// members (a room disposed earlier and created again while its keys live on). A
+    /// failover that restores members continues the room instead.
+    fresh: bool,
 }
 
 impl Room {
@@ -248,6 +255,7 @@ impl Room {
             PathLimits { max_depth: deps.config.max_path_depth, max_key_bytes: deps.config.max_key_bytes };
         let publisher = deps.relay.as_ref().map(|r| r.publisher(&id));
         let mut members = HashMap::new();
+        let fresh = claim.restored.as_ref().is_none_or(|r| r.players.is_empty());
         let (doc, seq, snapshot_seq) = match claim.restored {
             Some(restored) => {
                 if restored.room_type != logic_name {
@@ -325,6 +333,7 @@ impl Room {
             state_bytes: histogram!(names::STATE_BYTES, "type" => logic_name),
             deps,
             limits,
+            fresh,
         })
     }
 
@@ -344,6 +353,10 @@ impl Room {
         let mut lost = Box::pin(self.lost.clone().cancelled_owned());
         if self.deps.backplane.wants_snapshots() && self.snapshot_seq.is_none() {
             self.write_snapshot().await;
+        }
+        if self.fresh && !self.failed {
+            let (room, room_type) = (self.id.clone(), self.logic.name());
+            self.deps.webhooks.emit(WebhookEvent::RoomCreated { room, room_type });
         }
         // One housekeeping timer, moved only when the next deadline changes.
         let mut wake = self.next_deadline();
@@ -420,6 +433,8 @@ impl Room {
                 let _ = self.deps.backplane.release(&self.id, self.epoch, false).await;
             }
         } else {
+            let (room, room_type) = (self.id.clone(), self.logic.name());
+            self.deps.webhooks.emit(WebhookEvent::RoomDisposed { room, room_type });
             let _ = self.deps.backplane.release(&self.id, self.epoch, true).await;
         }
     }
@@ -485,7 +500,7 @@ impl Room {
                     if let Some(c) = self.members.get(&player).and_then(|m| m.conn.clone()) {
                         self.close_conn(&c, CloseCode::Normal, "");
                     }
-                    self.remove_member(&player);
+                    self.remove_member(&player, LeaveReason::Left);
                 }
             }
             RoomCmd::Detach { player, conn } => {
@@ -595,6 +610,8 @@ impl Room {
             snapshot: Some(self.snapshot()),
         };
         self.send_joined(&player, encode(&joined));
+        let (room, room_type) = (self.id.clone(), self.logic.name());
+        self.deps.webhooks.emit(WebhookEvent::PlayerJoined { room, room_type, player: player.clone() });
         Ok(JoinOk { player })
     }
 
@@ -802,11 +819,15 @@ impl Room {
         }));
     }
 
-    fn remove_member(&mut self, player: &PlayerId) {
+    /// Removes a player for good (left, timed out, kicked): the others see it leave and the
+    /// game's backend hears why.
+    fn remove_member(&mut self, player: &PlayerId, reason: LeaveReason) {
         let Some(member) = self.members.remove(player) else {
             return;
         };
         drop(member);
+        let (room, room_type) = (self.id.clone(), self.logic.name());
+        self.deps.webhooks.emit(WebhookEvent::PlayerGone { room, room_type, player: player.clone(), reason });
         if self.durable {
             self.staged_log.push(LogEntry::Left { after: self.seq, player: player.to_string() });
         }
@@ -1133,7 +1154,7 @@ impl Room {
             .collect();
         for player in expired {
             counter!(names::SESSIONS_EXPIRED).increment(1);
-            self.remove_member(&player);
+            self.remove_member(&player, LeaveReason::TimedOut);
         }
         let lagging: Vec<PlayerId> =
             self.members.values().filter(|m| m.lagging_since.is_some()).map(|m| m.player.clone()).collect();
