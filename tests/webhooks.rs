@@ -22,7 +22,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use support::cluster::{free_port, wait_for, Node};
+use support::cluster::{free_port, tools_available, wait_for, Node, Redis, Tool};
 use support::player::{inc, Player};
 use tokio::task::JoinHandle;
 
@@ -330,6 +330,85 @@ async fn a_dead_webhook_receiver_never_slows_rooms() {
     // 6 rooms created and 12 players joined is far more than a queue of 4.
     assert!(node.metric("gamerelay_webhook_events_dropped_total").await > 0.0);
     silent.abort();
+}
+
+/// Cluster mode: a failover continues a room (its new owner sends no `room.created`, and
+/// reports the member that did not come back as timed out); a room disposed and created again
+/// from its stored keys is a new room (`room.created` again). Needs `redis-server`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_continues_a_room_and_a_room_created_again_is_new() {
+    if !tools_available(&[Tool::RedisServer]) {
+        return;
+    }
+    let redis = Redis::start().await;
+    let receiver = Receiver::start(0).await;
+    let url = receiver.url();
+    let flags = [
+        "--webhook-url",
+        url.as_str(),
+        "--webhook-secret",
+        SECRET,
+        "--lease-ttl-ms",
+        "1000",
+        "--reconnect-grace-ms",
+        "2000",
+        "--room-idle-ttl-ms",
+        "300",
+    ];
+    let mut n1 = Node::start(&redis.url(), "wh-n1", &flags).await;
+    let n2 = Node::start(&redis.url(), "wh-n2", &flags).await;
+    let room = "wh-failover-room";
+    // A joins first, on n1, which therefore owns the room; A resumes on n2 when n1 is gone.
+    let mut a = Player::join("A", &[n1.url(), n2.url()], room, "doc").await;
+    let mut b = Player::join("B", &[n1.url()], room, "doc").await;
+    let (a_id, b_id) = (a.player_id.clone(), b.player_id.clone());
+    a.send(vec![inc("shared/count", 1)]).await;
+    b.send(vec![inc("shared/count", 1)]).await;
+    a.settle_all(WAIT).await;
+    b.settle_all(WAIT).await;
+    wait_for("n1's three events delivered", WAIT, || async {
+        (receiver.accepted(room).len() >= 3).then_some(())
+    })
+    .await;
+
+    n1.kill9();
+    b.abandon();
+    a.send(vec![inc("shared/count", 1)]).await;
+    a.settle_all(Duration::from_secs(30)).await;
+    assert_eq!(a.node(), "wh-n2", "A resumed on the new owner");
+    receiver.wait_event(room, "player.timed_out").await;
+    a.leave().await;
+    receiver.wait_event(room, "room.disposed").await;
+    let c = Player::join("C", &[n2.url()], room, "doc").await;
+    wait_for("the room created again", WAIT, || async {
+        (receiver.accepted(room).iter().filter(|h| h.kind() == "room.created").count() == 2).then_some(())
+    })
+    .await;
+    wait_for("C's join reported", WAIT, || async {
+        receiver.accepted(room).iter().any(|h| h.field("player") == Some(c.player_id.as_str())).then_some(())
+    })
+    .await;
+
+    let hits = receiver.accepted(room);
+    let told: Vec<(&str, &str, Option<&str>)> =
+        hits.iter().map(|h| (h.field("node").unwrap_or_default(), h.kind(), h.field("player"))).collect();
+    let (a_id, b_id, c_id) = (a_id.as_str(), b_id.as_str(), c.player_id.as_str());
+    assert_eq!(
+        told,
+        vec![
+            ("wh-n1", "room.created", None),
+            ("wh-n1", "player.joined", Some(a_id)),
+            ("wh-n1", "player.joined", Some(b_id)),
+            ("wh-n2", "player.timed_out", Some(b_id)),
+            ("wh-n2", "player.left", Some(a_id)),
+            ("wh-n2", "room.disposed", None),
+            ("wh-n2", "room.created", None),
+            ("wh-n2", "player.joined", Some(c_id)),
+        ],
+        "events: {hits:#?}"
+    );
+    assert_unique_ids(&hits);
+    receiver.assert_no_problems();
 }
 
 #[test]
