@@ -229,15 +229,23 @@ fn assert_unique_ids(hits: &[Hit]) {
     }
 }
 
-#[tokio::test]
-async fn webhooks_tell_a_rooms_life_once_each_in_order_and_signed() {
-    let receiver = Receiver::start(0).await;
-    let node = node_with_webhooks("wh-life", &receiver.url(), &[]).await;
-    let room = "wh-life-room";
-    let (a, b) = play_a_room_life(&node, room, &receiver).await;
-    let hits = receiver.accepted(room);
+/// Starts a receiver that answers 500 to its first `refuse` requests and a node posting to
+/// it, plays a room's life, and checks that the receiver accepted all of it once per event and
+/// in order. Returns the receiver, the node, and the room's accepted events.
+async fn room_life_told(node_id: &str, refuse: usize) -> (Receiver, Node, Vec<Hit>) {
+    let receiver = Receiver::start(refuse).await;
+    let node = node_with_webhooks(node_id, &receiver.url(), &[]).await;
+    let room = format!("{node_id}-room");
+    let (a, b) = play_a_room_life(&node, &room, &receiver).await;
+    let hits = receiver.accepted(&room);
     assert_eq!(story(&hits), expected_story(&a, &b), "events: {hits:#?}");
     assert_unique_ids(&hits);
+    (receiver, node, hits)
+}
+
+#[tokio::test]
+async fn webhooks_tell_a_rooms_life_once_each_in_order_and_signed() {
+    let (receiver, node, hits) = room_life_told("wh-life", 0).await;
     for h in &hits {
         assert_eq!(h.field("node"), Some("wh-life"));
         assert_eq!(h.field("room_type"), Some("doc"));
@@ -255,13 +263,7 @@ async fn webhooks_tell_a_rooms_life_once_each_in_order_and_signed() {
 async fn a_refused_webhook_is_retried_before_any_later_event() {
     // The first three requests are answered 500: the room's first event is retried three
     // times while the others wait behind it.
-    let receiver = Receiver::start(3).await;
-    let node = node_with_webhooks("wh-retry", &receiver.url(), &[]).await;
-    let room = "wh-retry-room";
-    let (a, b) = play_a_room_life(&node, room, &receiver).await;
-    let accepted = receiver.accepted(room);
-    assert_eq!(story(&accepted), expected_story(&a, &b), "events: {accepted:#?}");
-    assert_unique_ids(&accepted);
+    let (receiver, node, accepted) = room_life_told("wh-retry", 3).await;
     let all = receiver.hits();
     assert_eq!(all.len(), accepted.len() + 3, "three refusals, then each event once: {all:#?}");
     for refused in &all[..3] {
