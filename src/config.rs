@@ -494,15 +494,8 @@ impl Config {
                 return Err(ConfigError { flag, problem: "must be greater than 0".into() });
             }
         }
-        let Some(url) = &self.webhook_url else {
-            if self.webhook_secret.is_some() {
-                return Err(ConfigError {
-                    flag: "webhook-secret",
-                    problem: "given without --webhook-url (nothing would be sent)".into(),
-                });
-            }
-            return Ok(());
-        };
+        // A secret alone is fine: unsetting the URL is how webhooks are turned off.
+        let Some(url) = &self.webhook_url else { return Ok(()) };
         let parsed = reqwest::Url::parse(url).ok();
         let usable = parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
         if !usable {
@@ -658,7 +651,7 @@ mod tests {
                 .flag,
             "webhook-secret"
         );
-        assert_eq!(parse(&["--webhook-secret", secret]).validate().unwrap_err().flag, "webhook-secret");
+        assert!(parse(&["--webhook-secret", secret]).validate().is_ok(), "no URL: no webhooks");
         assert_eq!(parse(&["--webhook-queue", "0"]).validate().unwrap_err().flag, "webhook-queue");
         assert_eq!(
             parse(&["--webhook-max-attempts", "0"]).validate().unwrap_err().flag,

@@ -139,8 +139,8 @@ struct Queued {
     body: Vec<u8>,
 }
 
-/// Where and how events are delivered (from `--webhook-*`).
-#[derive(Debug, Clone)]
+/// Where and how events are delivered (from `--webhook-*`). No `Debug`: it holds the secret.
+#[derive(Clone)]
 pub struct WebhookSettings {
     pub url: String,
     pub secret: String,
@@ -209,8 +209,8 @@ impl Webhooks {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
-            // A redirect is not a delivery; only the environment-free configuration counts
-            // (no HTTP(S)_PROXY variables: config.rs is the only reader of the environment).
+            // A redirect is not a delivery: it fails and is retried. No proxy from the
+            // HTTP(S)_PROXY variables: config.rs is the only reader of the environment.
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent(concat!("gamerelay/", env!("CARGO_PKG_VERSION")))
@@ -277,9 +277,11 @@ impl Webhooks {
                 return;
             }
         };
-        match inner.tx.try_send(Queued { id, kind: event.kind(), body }) {
-            Ok(()) => inner.depth.increment(1.0),
-            Err(_) => inner.note_drop(),
+        // Counted before it is queued, so the delivery task never takes the gauge below 0.
+        inner.depth.increment(1.0);
+        if inner.tx.try_send(Queued { id, kind: event.kind(), body }).is_err() {
+            inner.depth.decrement(1.0);
+            inner.note_drop();
         }
     }
 }
