@@ -13,7 +13,7 @@
 use std::fmt::Write as _;
 
 use gamerelay::protocol::{
-    encode, ClientMsg, Delta, Doc, Join, MemberInfo, Op, PresenceStatus, ServerMsg, Snapshot,
+    encode, ClientMsg, Delta, Doc, Join, MemberInfo, Op, PresenceStatus, RoomListing, ServerMsg, Snapshot,
 };
 use rmpv::Value;
 
@@ -173,7 +173,18 @@ fn messages() -> Vec<MsgVector> {
                 session: Some(SESSION.into()),
                 epoch: Some(1),
                 seq: Some(42),
+                join_or_create: false,
             }),
+        ),
+        client(
+            "join_or_create",
+            "Join a seat in an open listed arena room, or create one; the server chooses the room.",
+            ClientMsg::Join(Join { room_type: "arena".into(), join_or_create: true, ..Join::default() }),
+        ),
+        client(
+            "list_rooms",
+            "List the listed arena rooms.",
+            ClientMsg::ListRooms { id: 3, room_type: "arena".into() },
         ),
         client(
             "ops_set",
@@ -418,6 +429,22 @@ fn messages() -> Vec<MsgVector> {
         ),
         server("presence_left", "Another player is gone for good.", presence(PresenceStatus::Left)),
         server("pong", "Answer to client/ping.", ServerMsg::Pong { id: 7, time: TIME + 1234 }),
+        server(
+            "rooms",
+            "Answer to client/list_rooms: one listed arena room with a free seat.",
+            ServerMsg::Rooms {
+                id: 3,
+                room_type: "arena".into(),
+                rooms: vec![RoomListing {
+                    room: "arena-0a1b2c3d4e5f".into(),
+                    room_type: "arena".into(),
+                    members: 3,
+                    max_players: 8,
+                    metadata: map([("map", Doc::str("dunes"))]),
+                    created: TIME,
+                }],
+            },
+        ),
         server(
             "error",
             "A request failed (here: ops before joining a room).",
@@ -925,9 +952,12 @@ const ANNOTATED: [&str; 5] = [
     "server/delta_server",
     "server/joined_resume_deltas",
 ];
-const PLAIN: [&str; 9] = [
+const PLAIN: [&str; 12] = [
     "client/join_new",
     "client/join_resume",
+    "client/join_or_create",
+    "client/list_rooms",
+    "server/rooms",
     "client/ops_inc",
     "client/ping",
     "server/welcome",

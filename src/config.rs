@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+/// Shortest accepted admin API token, in bytes.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
+
 /// Exit code for a bad configuration (EX_USAGE from sysexits.h).
 pub const EXIT_BAD_CONFIG: i32 = 64;
 
@@ -71,6 +74,14 @@ pub struct Config {
     /// Most players in one room, connected or within their reconnect grace (more: `room_full`).
     #[arg(long, env = "GAMERELAY_MAX_PLAYERS_PER_ROOM", default_value_t = 64)]
     pub max_players_per_room: usize,
+
+    /// Seats in a room created by `join_or_create` (at most --max-players-per-room).
+    #[arg(long, env = "GAMERELAY_JOIN_OR_CREATE_MAX_PLAYERS", default_value_t = 8)]
+    pub join_or_create_max_players: u32,
+
+    /// Most rooms in one `rooms` answer (`list_rooms`, `GET /rooms`).
+    #[arg(long, env = "GAMERELAY_LIST_ROOMS_LIMIT", default_value_t = 100)]
+    pub list_rooms_limit: usize,
 
     /// Most rooms on this node (more: `too_many_rooms`).
     #[arg(long, env = "GAMERELAY_MAX_ROOMS", default_value_t = 10_000)]
@@ -194,6 +205,17 @@ pub struct Config {
     /// no join is authenticated, and it listens on loopback only unless --insecure-dev.
     #[arg(long = "auth-key", env = "GAMERELAY_AUTH_KEYS", value_delimiter = ',', hide_env_values = true)]
     pub auth_keys: Vec<String>,
+
+    /// A bearer token of the admin API (`/admin/v1/...`, docs/ADMIN.md), at least 32 bytes.
+    /// Repeat the flag (or separate with commas in the env var) to accept several during a
+    /// rotation. Without any, the admin API answers 403. Served on --ops-listen when set.
+    #[arg(
+        long = "admin-token",
+        env = "GAMERELAY_ADMIN_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_tokens: Vec<String>,
 
     /// Allow insecure development mode (no --auth-key) on a non-loopback address: anyone who
     /// reaches the node can join any room as any new player. Never in production.
@@ -333,7 +355,7 @@ pub struct ConfigError {
 impl Config {
     /// Checks values that clap's types cannot. Called before anything binds.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 15] = [
             ("max-frame-bytes", self.max_frame_bytes as u64),
             ("max-ops-per-batch", self.max_ops_per_batch as u64),
             ("max-path-depth", self.max_path_depth as u64),
@@ -347,11 +369,19 @@ impl Config {
             ("outbox-frames", self.outbox_frames as u64),
             ("room-mailbox", self.room_mailbox as u64),
             ("ping-interval-ms", self.ping_interval_ms),
+            ("join-or-create-max-players", self.join_or_create_max_players as u64),
+            ("list-rooms-limit", self.list_rooms_limit as u64),
         ];
         for (flag, value) in positive {
             if value == 0 {
                 return Err(ConfigError { flag, problem: "must be greater than 0".into() });
             }
+        }
+        if self.join_or_create_max_players as usize > self.max_players_per_room {
+            return Err(ConfigError {
+                flag: "join-or-create-max-players",
+                problem: format!("must be at most --max-players-per-room ({})", self.max_players_per_room),
+            });
         }
         if self.max_frame_bytes < 1024 {
             return Err(ConfigError {
@@ -420,6 +450,15 @@ impl Config {
                     problem: "must be non-empty, without braces or spaces".into(),
                 });
             }
+        }
+        if let Some(short) = self.admin_tokens.iter().find(|t| t.len() < MIN_ADMIN_TOKEN_BYTES) {
+            return Err(ConfigError {
+                flag: "admin-token",
+                problem: format!(
+                    "a token of {} bytes is too short: at least {MIN_ADMIN_TOKEN_BYTES} (e.g. `openssl rand -hex 32`)",
+                    short.len()
+                ),
+            });
         }
         if !self.auth_keys.is_empty() {
             if let Err(e) = crate::auth::JoinAuth::from_specs(&self.auth_keys) {

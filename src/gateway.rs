@@ -5,8 +5,9 @@
 //! address, and the `Origin` allow-list. Everything after the upgrade belongs to
 //! [`crate::session`].
 //!
-//! With `--ops-listen`, [`ops_router`] serves `/metrics`, `/healthz` and `/readyz` on the
-//! operator address and the public router no longer serves `/metrics`.
+//! With `--ops-listen`, [`ops_router`] serves `/metrics`, `/healthz`, `/readyz` and the admin
+//! API on the operator address and the public router no longer serves them. `GET /rooms`
+//! (the public room listing) and the admin API live in [`crate::admin`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,9 +43,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/demo", get(demo_index))
         .route("/demo/", get(demo_index))
         .route("/demo/{file}", get(demo_file));
-    let router =
-        if node.config.ops_listen.is_none() { router.route("/metrics", get(metrics_text)) } else { router };
-    router.with_state(node)
+    let operator_here = node.config.ops_listen.is_none();
+    let router = if operator_here { router.route("/metrics", get(metrics_text)) } else { router };
+    let router = router.with_state(node.clone()).merge(crate::admin::public_router(node.clone()));
+    if operator_here {
+        router.merge(crate::admin::router(node))
+    } else {
+        router
+    }
 }
 
 /// The operator listener's router (`--ops-listen`).
@@ -53,7 +59,8 @@ pub fn ops_router(node: Arc<Node>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(node)
+        .with_state(node.clone())
+        .merge(crate::admin::router(node))
 }
 
 async fn upgrade(

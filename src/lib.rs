@@ -17,6 +17,8 @@
 //! telemetry/  tracing subscriber, Prometheus recorder, metric names as constants.
 //! room/       rooms: state + ops (no I/O), room types (doc, arena), the per-room actor
 //!             that sequences changes and fans out, the registry of live rooms.
+//! lobby/      finding rooms: listed and private rooms, their seats, joinOrCreate's atomic
+//!             choice (in memory on one node, Lua scripts on Redis in cluster mode).
 //! backplane/  the seam where durability plugs in: the embedded single-node store, or
 //! cluster/    the Redis backplane (leases, fencing, durable log, snapshots) and the relay
 //!             that forwards commands to a room's owner and its frames to other nodes.
@@ -26,6 +28,7 @@
 //!             /metrics, /demo (embedded); the optional operator listener.
 //! webhook.rs  events for the game's backend (rooms created/disposed, players joined/left):
 //!             a bounded queue rooms never wait on, one ordered, signed, retrying sender.
+//! admin.rs    the admin API (bearer tokens, JSON) and the public room listing over HTTP.
 //! server.rs   wires it together: `Server::bind` then `run` until a shutdown signal.
 //! ```
 //!
@@ -43,6 +46,8 @@
 pub mod protocol;
 
 #[cfg(feature = "server")]
+pub mod admin;
+#[cfg(feature = "server")]
 pub mod auth;
 #[cfg(feature = "server")]
 pub mod backplane;
@@ -56,6 +61,8 @@ pub mod gateway;
 pub mod limits;
 #[cfg(feature = "server")]
 pub mod load;
+#[cfg(feature = "server")]
+pub mod lobby;
 #[cfg(feature = "server")]
 pub mod proxy_protocol;
 #[cfg(feature = "server")]

@@ -28,6 +28,9 @@ use crate::config::{Config, ConfigError};
 use crate::gateway;
 use crate::limits::{Cidr, PerIp};
 use crate::load::LagMonitor;
+use crate::lobby::memory::MemoryLobby;
+use crate::lobby::redis::RedisLobby;
+use crate::lobby::Lobby;
 use crate::room::{Registry, RoomDeps};
 use crate::session::token::SessionKeys;
 use crate::telemetry::{self, HotMetrics};
@@ -58,6 +61,8 @@ pub struct Node {
     pub backplane: Arc<dyn Backplane>,
     /// Cluster mode: the node's pub/sub side.
     pub relay: Option<Relay>,
+    /// Listed and private rooms, their seats, `join_or_create`.
+    pub lobby: Arc<dyn Lobby>,
     pub metrics: HotMetrics,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
@@ -169,9 +174,14 @@ impl Server {
         let metrics = HotMetrics::new();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let (backplane, relay, tokens): (Arc<dyn Backplane>, Option<Relay>, SessionKeys) = match &config.redis
-        {
-            None => (Arc::new(EmbeddedBackplane::new()), None, SessionKeys::random()),
+        type Parts = (Arc<dyn Backplane>, Option<Relay>, SessionKeys, Arc<dyn Lobby>);
+        let (backplane, relay, tokens, lobby): Parts = match &config.redis {
+            None => (
+                Arc::new(EmbeddedBackplane::new()),
+                None,
+                SessionKeys::random(),
+                Arc::new(MemoryLobby::new()),
+            ),
             Some(url) => {
                 let incarnation: Arc<str> = {
                     use rand::Rng;
@@ -205,8 +215,13 @@ impl Server {
                     shutdown.clone(),
                 )
                 .await?;
+                let lobby_conn = target
+                    .connect(config.redis_ca_file.as_deref(), config.redis_timeout())
+                    .await
+                    .map_err(|e| BackplaneError::Unavailable(e.to_string()))?;
+                let lobby = Arc::new(RedisLobby::new(lobby_conn, &config.redis_prefix));
                 let secret = config.cluster_secret.clone().unwrap_or_default();
-                (backplane, Some(relay), SessionKeys::new(secret.as_bytes()))
+                (backplane, Some(relay), SessionKeys::new(secret.as_bytes()), lobby)
             }
         };
         let webhooks = match WebhookSettings::from_config(&config) {
@@ -216,8 +231,11 @@ impl Server {
         let deps = {
             let (config, backplane, metrics, shutdown) =
                 (config.clone(), backplane.clone(), metrics.clone(), shutdown.clone());
-            let (tokens, relay) = (tokens.clone(), relay.clone());
+            let (tokens, relay, lobby) = (tokens.clone(), relay.clone(), lobby.clone());
+            let node_id: Arc<str> = Arc::from(node_id.as_str());
             move || RoomDeps {
+                node_id: node_id.clone(),
+                lobby: lobby.clone(),
                 config: config.clone(),
                 backplane: backplane.clone(),
                 metrics: metrics.clone(),
@@ -242,6 +260,7 @@ impl Server {
             registry,
             backplane,
             relay,
+            lobby,
             metrics,
             shutdown,
             tracker,

@@ -44,7 +44,8 @@ use super::redis::lease_holder;
 use super::wire::{self, NodeMsg, RoomWire};
 use crate::backplane::BackplaneError;
 use crate::protocol::{CloseCode, ErrorCode};
-use crate::room::actor::{ConnId, JoinRequest, PlayerId, RoomCmd};
+use crate::room::actor::{ConnId, JoinFailure, JoinRequest, PlayerId, RoomCmd};
+use crate::room::admin::{AdminCmd, AdminReply};
 use crate::room::{Refusal, Registry};
 use crate::session::control::ConnControl;
 
@@ -95,6 +96,9 @@ struct Inner {
     /// Signalled when a (un)subscription did not answer within `timeout`: the reader
     /// treats the pub/sub link as broken and makes it anew.
     stuck: tokio::sync::Notify,
+    /// Admin commands sent to other nodes, awaiting their `admin_reply`.
+    admin_waiting: DashMap<u64, oneshot::Sender<Result<AdminReply, Refusal>>>,
+    next_admin: std::sync::atomic::AtomicU64,
 }
 
 fn unavailable(message: impl Into<String>) -> Refusal {
@@ -133,6 +137,8 @@ impl Relay {
                 join_timeout: timeout * 5,
                 alive: AtomicBool::new(true),
                 stuck: tokio::sync::Notify::new(),
+                admin_waiting: DashMap::new(),
+                next_admin: std::sync::atomic::AtomicU64::new(1),
             }),
         };
         tokio::spawn(relay.clone().read(stream, shutdown.clone()));
@@ -598,7 +604,74 @@ impl Relay {
                     }
                 }
             }
+            NodeMsg::Admin { id, from, room, cmd } => {
+                // Like joins, admin commands wait for the room: off the reading task.
+                let relay = self.clone();
+                let handle = registry.local(&room);
+                tokio::spawn(async move {
+                    let outcome = match handle {
+                        Some(handle) => {
+                            let (reply, answer) = oneshot::channel();
+                            if handle.tx.send(RoomCmd::Admin { cmd, reply }).await.is_ok() {
+                                answer.await.ok()
+                            } else {
+                                None
+                            }
+                        }
+                        None => None,
+                    };
+                    let msg = match outcome {
+                        Some(Ok(reply)) => NodeMsg::AdminReply {
+                            id,
+                            reply: Some(reply),
+                            code: String::new(),
+                            message: String::new(),
+                        },
+                        Some(Err(JoinFailure::Refused(refusal))) => NodeMsg::AdminReply {
+                            id,
+                            reply: None,
+                            code: refusal.code.as_str().to_owned(),
+                            message: refusal.message,
+                        },
+                        Some(Err(JoinFailure::RoomClosed)) | None => NodeMsg::AdminReply {
+                            id,
+                            reply: None,
+                            code: ErrorCode::Unavailable.as_str().to_owned(),
+                            message: "the room is not owned here (any more); retry".to_owned(),
+                        },
+                    };
+                    let _ = relay.send(&from, &msg).await;
+                });
+            }
+            NodeMsg::AdminReply { id, reply, code, message } => {
+                if let Some((_, waiting)) = self.inner.admin_waiting.remove(&id) {
+                    let outcome = reply.ok_or_else(|| {
+                        Refusal::new(ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal), message)
+                    });
+                    let _ = waiting.send(outcome);
+                }
+            }
         }
+    }
+
+    /// Sends a command of the game backend to `room`'s owner and waits for its answer
+    /// (`unavailable` when the owner does not answer within the join timeout).
+    pub async fn admin_remote(&self, owner: &str, room: &str, cmd: AdminCmd) -> Result<AdminReply, Refusal> {
+        let id = self.inner.next_admin.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.inner.admin_waiting.insert(id, tx);
+        let msg = NodeMsg::Admin { id, from: self.inner.incarnation.to_string(), room: room.to_owned(), cmd };
+        let outcome = match self.send(owner, &msg).await {
+            Ok(()) => match tokio::time::timeout(self.inner.join_timeout, rx).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) | Err(_) => {
+                    Err(unavailable(format!("the room's owner {owner} did not answer; retry")))
+                }
+            },
+            Err(e) => Err(e),
+        };
+        self.inner.admin_waiting.remove(&id);
+        outcome
     }
 
     /// Hands a forwarded command to a local room, or tells the sender's node to move the

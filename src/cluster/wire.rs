@@ -4,6 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Doc, Op};
+use crate::room::admin::{AdminCmd, AdminReply};
 
 /// Bumped on incompatible changes; a node ignores messages of another version.
 pub const WIRE_FORMAT: u32 = 1;
@@ -69,6 +70,23 @@ pub enum NodeMsg {
         conn: u64,
         code: u16,
         reason: String,
+    },
+    /// To a room's owner: a command of the game backend (admin API), answered with
+    /// `admin_reply` on the inbox of `from` with the same `id`.
+    Admin {
+        id: u64,
+        from: String,
+        room: String,
+        cmd: AdminCmd,
+    },
+    /// The owner's answer to `admin`: the reply, or a refusal (`code` is an error code).
+    AdminReply {
+        id: u64,
+        reply: Option<AdminReply>,
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
     },
 }
 

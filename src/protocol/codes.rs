@@ -157,6 +157,8 @@ pub enum CloseCode {
     Kicked,
     /// 4005: the client kept exceeding its rate limits.
     RateLimited,
+    /// 4006: the game backend closed the room (admin API); it is gone.
+    RoomClosed,
     /// 4100: no `hello` + `join` within the handshake timeout.
     HandshakeTimeout,
     /// 4101: nothing received within the idle timeout.
@@ -169,7 +171,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every close code, for docs and tests.
-    pub const ALL: [CloseCode; 14] = [
+    pub const ALL: [CloseCode; 15] = [
         CloseCode::Normal,
         CloseCode::FrameTooLarge,
         CloseCode::InternalError,
@@ -180,6 +182,7 @@ impl CloseCode {
         CloseCode::Unauthorized,
         CloseCode::Kicked,
         CloseCode::RateLimited,
+        CloseCode::RoomClosed,
         CloseCode::HandshakeTimeout,
         CloseCode::IdleTimeout,
         CloseCode::SlowConsumer,
@@ -199,6 +202,7 @@ impl CloseCode {
             CloseCode::Unauthorized => 4003,
             CloseCode::Kicked => 4004,
             CloseCode::RateLimited => 4005,
+            CloseCode::RoomClosed => 4006,
             CloseCode::HandshakeTimeout => 4100,
             CloseCode::IdleTimeout => 4101,
             CloseCode::SlowConsumer => 4102,
@@ -219,6 +223,7 @@ impl CloseCode {
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::Kicked => "kicked",
             CloseCode::RateLimited => "rate_limited",
+            CloseCode::RoomClosed => "room_closed",
             CloseCode::HandshakeTimeout => "handshake_timeout",
             CloseCode::IdleTimeout => "idle_timeout",
             CloseCode::SlowConsumer => "slow_consumer",

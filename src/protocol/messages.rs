@@ -74,12 +74,22 @@ pub enum ClientMsg {
     },
     /// Leave the room for good (no grace period); the server then closes with 1000.
     Leave,
+    /// Lists the listed rooms of a type (answered with `rooms`). Allowed after `welcome`,
+    /// joined or not.
+    ListRooms {
+        /// Echoed in the answer, to match it to this request.
+        #[serde(default)]
+        id: u64,
+        #[serde(rename = "type")]
+        room_type: String,
+    },
 }
 
 /// The fields of a `join` message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Join {
-    /// Room id: 1-128 bytes of `[A-Za-z0-9_.:-]`.
+    /// Room id: 1-128 bytes of `[A-Za-z0-9_.:-]`. Empty (or omitted) with `join_or_create`.
+    #[serde(default)]
     pub room: String,
     /// Room type, e.g. `doc` or `arena`. Must match the type of an existing room.
     #[serde(rename = "type")]
@@ -98,6 +108,31 @@ pub struct Join {
     /// Last seq the client applied (resume only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// Let the server choose the room: a seat in the oldest listed room of `type` with one
+    /// free, or a new listed room. `room` must be empty; `joined.room` names the choice.
+    /// A resume names its room instead (the `room` of the first `joined`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub join_or_create: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A listed room, as `rooms` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomListing {
+    pub room: String,
+    #[serde(rename = "type")]
+    pub room_type: String,
+    /// Seats taken: members (connected or within their reconnect grace) and seats reserved
+    /// by `join_or_create` for players still joining.
+    pub members: u32,
+    pub max_players: u32,
+    /// Set by the game backend when it created the room (a map; empty if none).
+    pub metadata: Doc,
+    /// When the room was created, milliseconds since the Unix epoch.
+    pub created: u64,
 }
 
 /// A complete copy of a room's state at (epoch, seq).
@@ -226,6 +261,14 @@ pub enum ServerMsg {
         /// ms before retrying. Omitted otherwise.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_ms: Option<u64>,
+    },
+    /// Answer to `list_rooms`: listed rooms of the type, oldest first (at most
+    /// `--list-rooms-limit`).
+    Rooms {
+        id: u64,
+        #[serde(rename = "type")]
+        room_type: String,
+        rooms: Vec<RoomListing>,
     },
     /// Several messages in one frame, to be handled in order.
     Batch {

@@ -14,6 +14,7 @@ pub use codec::{batch_frame, decode_client, decode_server, encode, DecodeError};
 pub use codes::{should_reconnect, CloseCode, ErrorCode};
 pub use doc::{Doc, DocError, DocMap};
 pub use messages::{
-    ClientMsg, Delta, Join, MemberInfo, Op, PresenceStatus, ServerMsg, Snapshot, PROTOCOL_VERSION,
+    ClientMsg, Delta, Join, MemberInfo, Op, PresenceStatus, RoomListing, ServerMsg, Snapshot,
+    PROTOCOL_VERSION,
 };
 pub use path::{apply_resolved, Path, PathError};

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant as TokioInstant};
 use tokio_util::sync::CancellationToken;
 
+use super::admin::{AdminCmd, AdminReply, RoomView};
 use super::txn::{ParsedOp, PathLimits, Refusal, Txn};
 use super::types::RoomType;
 use crate::backplane::{
@@ -25,6 +26,7 @@ use crate::backplane::{
 use crate::cluster::relay::{Relay, RoomPublisher};
 use crate::cluster::wire::RoomWire;
 use crate::config::Config;
+use crate::lobby::{Lobby, Seat};
 use crate::protocol::{
     batch_frame, encode, CloseCode, Delta, Doc, ErrorCode, MemberInfo, Op, PresenceStatus, ServerMsg,
     Snapshot,
@@ -107,7 +109,7 @@ pub struct JoinOk {
     pub player: PlayerId,
 }
 
-/// Why a join did not happen.
+/// Why a join (or an admin command) did not happen.
 #[derive(Debug, Clone)]
 pub enum JoinFailure {
     /// The room refused it (full, session expired, ...).
@@ -148,6 +150,11 @@ pub enum RoomCmd {
     Keepalive {
         node: Arc<str>,
     },
+    /// A command of the game backend (admin API).
+    Admin {
+        cmd: AdminCmd,
+        reply: oneshot::Sender<Result<AdminReply, JoinFailure>>,
+    },
 }
 
 /// One player of the room.
@@ -182,6 +189,10 @@ pub struct RoomDeps {
     pub relay: Option<Relay>,
     /// Tells the game's backend about rooms and players (`--webhook-url`); never waits.
     pub webhooks: Webhooks,
+    /// Seats of registered (listed or private) rooms.
+    pub lobby: Arc<dyn Lobby>,
+    /// This node's id (admin API answers name the owner).
+    pub node_id: Arc<str>,
 }
 
 /// Most commands handled before staged deltas are committed and fanned out.
@@ -238,6 +249,10 @@ pub struct Room {
     /// members (a room disposed earlier and created again while its keys live on). A
     /// failover that restores members continues the room instead.
     fresh: bool,
+    /// Whether the lobby knows the room (`None` until a join asked).
+    registered: Option<bool>,
+    /// Set when the game backend closed the room: it is disposed of.
+    closed: bool,
 }
 
 impl Room {
@@ -329,6 +344,8 @@ impl Room {
             snapshot_seq: (seq > 0).then_some(snapshot_seq),
             snapshot_at: now,
             idle_wake: now + Duration::from_secs(3600),
+            registered: None,
+            closed: false,
             delta_bytes: histogram!(names::DELTA_BYTES, "type" => logic_name),
             state_bytes: histogram!(names::STATE_BYTES, "type" => logic_name),
             deps,
@@ -380,7 +397,7 @@ impl Room {
                     }
                     self.commit().await;
                     self.maybe_snapshot().await;
-                    if self.failed {
+                    if self.failed || self.closed {
                         break;
                     }
                 }
@@ -412,8 +429,14 @@ impl Room {
         on_dispose();
         rx.close();
         while let Some(cmd) = rx.recv().await {
-            if let RoomCmd::Join { reply, .. } = cmd {
-                let _ = reply.send(Err(JoinFailure::RoomClosed));
+            match cmd {
+                RoomCmd::Join { reply, .. } => {
+                    let _ = reply.send(Err(JoinFailure::RoomClosed));
+                }
+                RoomCmd::Admin { reply, .. } => {
+                    let _ = reply.send(Err(JoinFailure::RoomClosed));
+                }
+                _ => {}
             }
         }
         self.flush();
@@ -436,6 +459,11 @@ impl Room {
             let (room, room_type) = (self.id.clone(), self.logic.name());
             self.deps.webhooks.emit(WebhookEvent::RoomDisposed { room, room_type });
             let _ = self.deps.backplane.release(&self.id, self.epoch, true).await;
+            if self.registered != Some(false) {
+                if let Err(e) = self.deps.lobby.remove(self.logic.name(), &self.id).await {
+                    tracing::warn!(room = %self.id, error = %e, "could not remove the room from the lobby");
+                }
+            }
         }
     }
 
@@ -482,14 +510,24 @@ impl Room {
                         let session = self.deps.tokens.issue(&self.id, &player);
                         self.reattach(player, session, req)
                     }
-                    (None, None) => match self.admit(req) {
-                        Ok((player, conn)) => {
-                            // The joiner's snapshot includes its own arrival: commit first.
-                            self.commit().await;
-                            self.attach_new(player, conn)
+                    (None, None) => {
+                        let mut req = req;
+                        let player = req.player.get_or_insert_with(new_player_id).clone();
+                        match self.take_seat(&player).await {
+                            Ok(()) => match self.admit(req) {
+                                Ok((player, conn)) => {
+                                    // The joiner's snapshot includes its own arrival: commit first.
+                                    self.commit().await;
+                                    self.attach_new(player, conn)
+                                }
+                                Err(refusal) => {
+                                    self.free_seat(&player);
+                                    Err(refusal)
+                                }
+                            },
+                            Err(refusal) => Err(refusal),
                         }
-                        Err(refusal) => Err(refusal),
-                    },
+                    }
                 };
                 let _ = reply.send(result.map_err(JoinFailure::Refused));
             }
@@ -511,7 +549,117 @@ impl Room {
             RoomCmd::Keepalive { node } => {
                 self.remote_seen.insert(node, Instant::now());
             }
+            RoomCmd::Admin { cmd, reply } => {
+                let result = self.admin(cmd).await;
+                let _ = reply.send(result.map_err(JoinFailure::Refused));
+            }
         }
+    }
+
+    /// Carries out a command of the game backend.
+    async fn admin(&mut self, cmd: AdminCmd) -> Result<AdminReply, Refusal> {
+        match cmd {
+            AdminCmd::Inspect { state } => {
+                // What is shown is what members were shown: committed changes only.
+                self.commit().await;
+                self.flush();
+                Ok(AdminReply::Room(RoomView {
+                    room: self.id.to_string(),
+                    room_type: self.logic.name().to_owned(),
+                    owner: self.deps.node_id.to_string(),
+                    epoch: self.epoch,
+                    seq: self.seq,
+                    members: self.member_list(),
+                    hash: self.doc.state_hash(),
+                    state: state.then(|| self.doc.clone()),
+                }))
+            }
+            AdminCmd::Write { ops } => self.server_write(ops).await,
+            AdminCmd::Close { reason } => {
+                let conns: Vec<MemberConn> = self.members.values().filter_map(|m| m.conn.clone()).collect();
+                for conn in &conns {
+                    self.close_conn(conn, CloseCode::RoomClosed, &reason);
+                }
+                self.closed = true;
+                Ok(AdminReply::Closed)
+            }
+            AdminCmd::Kick { player, reason } => {
+                let Some(member) = self.members.get(player.as_str()) else {
+                    return Err(Refusal::new(
+                        ErrorCode::UnknownPlayer,
+                        format!("{player} is not in this room"),
+                    ));
+                };
+                let (player, conn) = (member.player.clone(), member.conn.clone());
+                if let Some(conn) = conn {
+                    self.close_conn(&conn, CloseCode::Kicked, &reason);
+                }
+                self.remove_member(&player, LeaveReason::Kicked);
+                Ok(AdminReply::Kicked)
+            }
+            AdminCmd::Message { to, data } => {
+                let frame =
+                    encode(&ServerMsg::Msg { room: self.id.to_string(), from: None, to: to.clone(), data });
+                match to {
+                    None => {
+                        let delivered = self.members.values().filter(|m| m.conn.is_some()).count() as u32;
+                        self.broadcast(frame);
+                        Ok(AdminReply::Sent { delivered })
+                    }
+                    Some(to) => {
+                        let target = self
+                            .members
+                            .get(to.as_str())
+                            .filter(|m| m.conn.is_some())
+                            .map(|m| m.player.clone());
+                        let Some(target) = target else {
+                            return Err(Refusal::new(
+                                ErrorCode::UnknownPlayer,
+                                format!("{to} is not connected to this room"),
+                            ));
+                        };
+                        self.send_to(&target, frame);
+                        Ok(AdminReply::Sent { delivered: 1 })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks a batch's size and parses its ops against the path limits.
+    fn parse_batch(&self, ops: Vec<Op>) -> Result<Vec<ParsedOp>, Refusal> {
+        let max_ops = self.deps.config.max_ops_per_batch;
+        if ops.is_empty() || ops.len() > max_ops {
+            return Err(Refusal::new(
+                ErrorCode::TooManyOps,
+                format!("a batch holds 1 to {max_ops} ops, this one has {}", ops.len()),
+            ));
+        }
+        let limits = self.limits;
+        ops.into_iter().map(|op| ParsedOp::parse(op, limits)).collect()
+    }
+
+    /// Applies ops of the server: any path (server-owned state under `server/` included),
+    /// the same limits as players' ops, no room type rules. Answered once durable.
+    async fn server_write(&mut self, ops: Vec<Op>) -> Result<AdminReply, Refusal> {
+        let parsed = self.parse_batch(ops)?;
+        let mut txn = Txn::new(&mut self.doc, &mut self.size, self.deps.config.max_state_bytes);
+        for op in parsed {
+            txn.apply(op)?;
+        }
+        txn.check_size()?;
+        let resolved = txn.commit();
+        if !resolved.is_empty() {
+            self.stage(None, None, resolved, None);
+        }
+        self.commit().await;
+        if self.failed {
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "the room moved while the write was being made durable; read the room to see whether it applied",
+            ));
+        }
+        Ok(AdminReply::Written { epoch: self.epoch, seq: self.seq })
     }
 
     /// Whether `conn` is the connection `player` is attached to now. Notes remote nodes
@@ -543,6 +691,46 @@ impl Room {
         list
     }
 
+    /// Takes a new player's seat if the room is registered in the lobby (listed or private
+    /// rooms have `max_players` seats; see [`crate::lobby`]). An unregistered room is known
+    /// to stay so (rooms are registered before they start), so it asks only once.
+    async fn take_seat(&mut self, player: &str) -> Result<(), Refusal> {
+        if self.registered == Some(false) {
+            return Ok(());
+        }
+        match self.deps.lobby.take_seat(self.logic.name(), &self.id, player).await {
+            Ok(Seat::Taken) => {
+                self.registered = Some(true);
+                Ok(())
+            }
+            Ok(Seat::Unregistered) => {
+                self.registered = Some(false);
+                Ok(())
+            }
+            Ok(Seat::Full) => {
+                self.registered = Some(true);
+                counter!(names::JOINS, "outcome" => "refused").increment(1);
+                crate::limits::hit("players_per_room");
+                Err(Refusal::new(ErrorCode::RoomFull, format!("every seat of room {} is taken", self.id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Frees a player's seat in the lobby, in the background (the room does not wait).
+    fn free_seat(&self, player: &str) {
+        if self.registered == Some(false) {
+            return;
+        }
+        let (lobby, room_type) = (self.deps.lobby.clone(), self.logic.name());
+        let (room, player) = (self.id.clone(), player.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = lobby.free_seat(room_type, &room, &player).await {
+                tracing::warn!(%room, %player, error = %e, "could not free a lobby seat");
+            }
+        });
+    }
+
     /// Admits a new player: presence to the others, the room type's arrival change staged.
     /// The player is attached (and told `joined`) by [`Room::attach_new`] after the commit.
     fn admit(&mut self, req: JoinRequest) -> Result<(PlayerId, MemberConn), Refusal> {
@@ -554,8 +742,7 @@ impl Room {
                 format!("room {} has {} players, the most it may hold", self.id, self.members.len()),
             ));
         }
-        let player: PlayerId =
-            req.player.clone().unwrap_or_else(|| Arc::from(format!("p-{}", random_hex(6))));
+        let player: PlayerId = req.player.clone().unwrap_or_else(new_player_id);
         let mut txn = Txn::new(&mut self.doc, &mut self.size, self.deps.config.max_state_bytes);
         self.logic.on_join(&player, &mut txn, Instant::now())?;
         let ops = txn.commit();
@@ -727,7 +914,6 @@ impl Room {
 
     /// Applies one op batch. `Ok(None)`: a retried cid, answered with its original ack.
     fn apply_ops(&mut self, player: &PlayerId, cid: u64, ops: Vec<Op>) -> Result<Option<Vec<Op>>, Refusal> {
-        let max_ops = self.deps.config.max_ops_per_batch;
         let Some(member) = self.members.get(player) else {
             return Ok(None);
         };
@@ -752,14 +938,7 @@ impl Room {
                 )),
             };
         }
-        if ops.is_empty() || ops.len() > max_ops {
-            return Err(Refusal::new(
-                ErrorCode::TooManyOps,
-                format!("a batch holds 1 to {max_ops} ops, this one has {}", ops.len()),
-            ));
-        }
-        let limits = self.limits;
-        let parsed = ops.into_iter().map(|op| ParsedOp::parse(op, limits)).collect::<Result<Vec<_>, _>>()?;
+        let parsed = self.parse_batch(ops)?;
         let mut txn = Txn::new(&mut self.doc, &mut self.size, self.deps.config.max_state_bytes);
         self.logic.apply(player, parsed, &mut txn, Instant::now())?;
         txn.check_size()?;
@@ -826,6 +1005,7 @@ impl Room {
             return;
         };
         drop(member);
+        self.free_seat(player);
         let (room, room_type) = (self.id.clone(), self.logic.name());
         self.deps.webhooks.emit(WebhookEvent::PlayerGone { room, room_type, player: player.clone(), reason });
         if self.durable {
@@ -1236,6 +1416,11 @@ fn deliver(m: &mut Member, frame: &Bytes, now: Instant, metrics: &HotMetrics) {
 }
 
 /// `bytes` random bytes as lowercase hex, from the OS-seeded thread RNG.
+/// A player id for a player without a join token (insecure development mode).
+pub fn new_player_id() -> PlayerId {
+    Arc::from(format!("p-{}", random_hex(6)))
+}
+
 fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut buf = vec![0u8; bytes];

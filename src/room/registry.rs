@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use super::actor::{JoinFailure, JoinOk, JoinRequest, PlayerId, Room, RoomCmd, RoomDeps};
+use super::admin::{AdminCmd, AdminError, AdminReply};
 use super::txn::Refusal;
 use super::types;
 use crate::backplane::BackplaneError;
@@ -136,6 +137,77 @@ impl Registry {
             }
         }
         Err(Refusal::new(ErrorCode::Unavailable, "the room's owner kept changing while joining; retry"))
+    }
+
+    /// Sends a command of the game backend to `room_id` wherever it is owned: to its actor
+    /// here, or to its owner's inbox in cluster mode. `NotLive` when no node owns it.
+    pub async fn admin(&self, room_id: &str, cmd: AdminCmd) -> Result<AdminReply, AdminError> {
+        validate_room_id(room_id).map_err(AdminError::Refused)?;
+        let mut last = Refusal::new(ErrorCode::Unavailable, "the room's owner kept changing; retry");
+        for _ in 0..JOIN_ATTEMPTS {
+            if let Some(handle) = self.local(room_id) {
+                let (reply, answer) = oneshot::channel();
+                if handle.tx.send(RoomCmd::Admin { cmd: cmd.clone(), reply }).await.is_err() {
+                    self.forget(room_id, handle.generation);
+                    continue;
+                }
+                match answer.await {
+                    Ok(Ok(reply)) => return Ok(reply),
+                    // The room could not start here (another node claimed it first).
+                    Ok(Err(JoinFailure::Refused(refusal))) if refusal.code == ErrorCode::Unavailable => {
+                        last = refusal;
+                        continue;
+                    }
+                    Ok(Err(JoinFailure::Refused(refusal))) => return Err(AdminError::Refused(refusal)),
+                    Ok(Err(JoinFailure::RoomClosed)) | Err(_) => {
+                        self.forget(room_id, handle.generation);
+                        continue;
+                    }
+                }
+            }
+            let Some(relay) = &self.inner.relay else { return Err(AdminError::NotLive) };
+            match relay.lease_holder(room_id).await.map_err(AdminError::Refused)? {
+                Some(owner) if owner != **relay.incarnation() => {
+                    match relay.admin_remote(&owner, room_id, cmd.clone()).await {
+                        Ok(reply) => return Ok(reply),
+                        Err(refusal) if refusal.code == ErrorCode::Unavailable => last = refusal,
+                        Err(refusal) => return Err(AdminError::Refused(refusal)),
+                    }
+                }
+                _ => return Err(AdminError::NotLive),
+            }
+        }
+        Err(AdminError::Refused(last))
+    }
+
+    /// Starts room `room_id` of `room_type` on this node with nobody in it (admin API), and
+    /// describes it. The caller checked that no node owns it.
+    pub async fn open(&self, room_id: &str, room_type: &str) -> Result<AdminReply, AdminError> {
+        validate_room_id(room_id).map_err(AdminError::Refused)?;
+        let Some(room_type) = types::static_name(room_type) else {
+            return Err(AdminError::Refused(Refusal::new(
+                ErrorCode::BadRoom,
+                format!("unknown room type {room_type:?}; known: {}", types::ROOM_TYPES.join(", ")),
+            )));
+        };
+        let handle = self.create(room_id, room_type).map_err(AdminError::Refused)?;
+        if handle.room_type != room_type {
+            return Err(AdminError::Refused(Refusal::new(
+                ErrorCode::BadRoom,
+                format!("room {room_id} has type {}, not {room_type}", handle.room_type),
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        let cmd = AdminCmd::Inspect { state: false };
+        let closed = || Refusal::new(ErrorCode::Unavailable, "the room closed while starting; retry");
+        if handle.tx.send(RoomCmd::Admin { cmd, reply }).await.is_err() {
+            return Err(AdminError::Refused(closed()));
+        }
+        match answer.await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(JoinFailure::Refused(refusal))) => Err(AdminError::Refused(refusal)),
+            Ok(Err(JoinFailure::RoomClosed)) | Err(_) => Err(AdminError::Refused(closed())),
+        }
     }
 
     /// Joins room `room_id` owned, or to be claimed, by this node.
@@ -263,8 +335,14 @@ impl Registry {
                     // Joins already queued learn why (a wrong type, owned elsewhere, ...).
                     rx.close();
                     while let Some(cmd) = rx.recv().await {
-                        if let RoomCmd::Join { reply, .. } = cmd {
-                            let _ = reply.send(Err(JoinFailure::Refused(refusal.clone())));
+                        match cmd {
+                            RoomCmd::Join { reply, .. } => {
+                                let _ = reply.send(Err(JoinFailure::Refused(refusal.clone())));
+                            }
+                            RoomCmd::Admin { reply, .. } => {
+                                let _ = reply.send(Err(JoinFailure::Refused(refusal.clone())));
+                            }
+                            _ => {}
                         }
                     }
                 }

@@ -31,9 +31,9 @@ use tracing::Instrument;
 use crate::cluster::wire::NodeMsg;
 use crate::limits::{self, TokenBucket};
 use crate::protocol::{
-    decode_client, encode, ClientMsg, CloseCode, ErrorCode, Join, ServerMsg, PROTOCOL_VERSION,
+    decode_client, encode, ClientMsg, CloseCode, ErrorCode, Join, RoomListing, ServerMsg, PROTOCOL_VERSION,
 };
-use crate::room::{ConnId, JoinRequest, LocalConn, MemberConn, PlayerId, RoomCmd, RoomLink};
+use crate::room::{ConnId, JoinRequest, LocalConn, MemberConn, PlayerId, Refusal, RoomCmd, RoomLink};
 use crate::server::Node;
 use crate::telemetry::names;
 pub use control::{CloseReason, ConnControl};
@@ -284,6 +284,8 @@ impl Session {
         };
         let (cost, cid) = match &msg {
             ClientMsg::Ops { cid, ops } => (ops.len().max(1) as u64, Some(*cid)),
+            // A listing reads the lobby (a Redis script in cluster mode): it costs more.
+            ClientMsg::ListRooms { .. } => (LIST_ROOMS_COST, None),
             _ => (1, None),
         };
         if let Some(flow) = self.over_rate(bytes.len() as u64, cost, cid).await {
@@ -303,6 +305,18 @@ impl Session {
                 Flow::Continue
             }
             ClientMsg::Join(join) => self.join(join).await,
+            ClientMsg::ListRooms { id, room_type } => {
+                let reply = match list_rooms(&self.node, &room_type).await {
+                    Ok(rooms) => ServerMsg::Rooms { id, room_type, rooms },
+                    Err(refusal) => ServerMsg::Error {
+                        code: refusal.code.as_str().to_owned(),
+                        message: refusal.message,
+                        retry_ms: None,
+                    },
+                };
+                self.send(&reply).await;
+                Flow::Continue
+            }
             ClientMsg::Ping { id } => {
                 self.send(&ServerMsg::Pong { id, time: unix_ms() }).await;
                 Flow::Continue
@@ -366,27 +380,37 @@ impl Session {
         }
     }
 
-    async fn join(&mut self, join: Join) -> Flow {
+    async fn join(&mut self, mut join: Join) -> Flow {
         if self.joined.is_some() {
             self.error(ErrorCode::AlreadyJoined, "this connection already joined a room".into()).await;
             return Flow::Continue;
         }
-        let player = match &self.node.auth {
+        // `join_or_create` chooses the room, unless this is a resume (which names it).
+        let choosing = join.join_or_create && join.session.is_none();
+        if choosing && !join.room.is_empty() {
+            let message = "join_or_create chooses the room: leave `room` empty".to_owned();
+            self.error(ErrorCode::BadRoom, message).await;
+            return Flow::Continue;
+        }
+        // The token of a `join_or_create` must allow the rooms it creates (`<type>-*`).
+        let auth_room = if choosing { format!("{}-", join.room_type) } else { join.room.clone() };
+        let claims = match &self.node.auth {
             None => None,
             // A resume may rest on its session token alone: it is signed and bound to the
             // player and room. A token sent along must still be valid and name that player.
             Some(_) if join.session.is_some() && join.token.is_none() => None,
-            Some(auth) => match auth.verify(join.token.as_deref(), &join.room) {
-                Ok(claims) => Some(Arc::<str>::from(claims.sub)),
+            Some(auth) => match auth.verify(join.token.as_deref(), &auth_room) {
+                Ok(claims) => Some(claims),
                 Err(e) => {
                     counter!(names::AUTH_FAILURES, "reason" => e.label()).increment(1);
-                    tracing::debug!(room = %join.room, error = %e, "join refused");
+                    tracing::debug!(room = %auth_room, error = %e, "join refused");
                     self.error(e.code(), e.to_string()).await;
                     self.control().close(CloseCode::Unauthorized, e.label());
                     return Flow::Stop;
                 }
             },
         };
+        let mut player = claims.as_ref().map(|c| Arc::<str>::from(c.sub.as_str()));
         if join.session.is_none() && self.node.overloaded() {
             limits::hit("overload");
             let retry_ms = self.node.shed_hint_ms();
@@ -396,9 +420,26 @@ impl Session {
             self.send(&ServerMsg::Error { code, message, retry_ms: Some(retry_ms) }).await;
             return Flow::Continue;
         }
+        if choosing {
+            // The seat is reserved for a player id, so it is decided here.
+            let id = player.get_or_insert_with(crate::room::new_player_id).clone();
+            match self.choose_room(&join.room_type, &id).await {
+                Ok(room) => join.room = room,
+                Err(refusal) => {
+                    self.error(refusal.code, refusal.message).await;
+                    return Flow::Continue;
+                }
+            }
+            if claims.as_ref().is_some_and(|c| !c.allows(&join.room)) {
+                self.free_seat(&join.room_type, &join.room, &id);
+                let message = format!("the join token does not allow room {}", join.room);
+                self.error(ErrorCode::Forbidden, message).await;
+                return Flow::Continue;
+            }
+        }
         let req = JoinRequest {
             conn: MemberConn::Local(self.conn.clone()),
-            player,
+            player: player.clone(),
             session: join.session,
             epoch: join.epoch,
             seq: join.seq,
@@ -408,9 +449,39 @@ impl Session {
                 tracing::debug!(room = %join.room, player = %joined.player, "joined");
                 self.joined = Some((joined.room, joined.player));
             }
-            Err(refusal) => self.error(refusal.code, refusal.message).await,
+            Err(refusal) => {
+                if let (true, Some(id)) = (choosing, &player) {
+                    self.free_seat(&join.room_type, &join.room, id);
+                }
+                self.error(refusal.code, refusal.message).await
+            }
         }
         Flow::Continue
+    }
+
+    /// `join_or_create`: a seat for `player` in an open listed room of `room_type`, or in a
+    /// new one (see [`crate::lobby`]).
+    async fn choose_room(&self, room_type: &str, player: &str) -> Result<String, Refusal> {
+        if crate::room::types::static_name(room_type).is_none() {
+            return Err(Refusal::new(ErrorCode::BadRoom, format!("unknown room type {room_type:?}")));
+        }
+        let new_room = crate::lobby::new_room_id(room_type);
+        let max_players = self.node.config.join_or_create_max_players;
+        let room = self.node.lobby.reserve(room_type, player, &new_room, max_players).await?;
+        let outcome = if room == new_room { "created" } else { "existing" };
+        counter!(names::JOIN_OR_CREATE, "outcome" => outcome).increment(1);
+        Ok(room)
+    }
+
+    /// Gives back a seat reserved by a `join_or_create` whose join did not happen.
+    fn free_seat(&self, room_type: &str, room: &str, player: &str) {
+        let lobby = self.node.lobby.clone();
+        let (room_type, room, player) = (room_type.to_owned(), room.to_owned(), player.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = lobby.free_seat(&room_type, &room, &player).await {
+                tracing::warn!(%room, %player, error = %e, "could not free a lobby seat");
+            }
+        });
     }
 
     /// Hands a command to the room: into its mailbox when it is owned here (waiting if the
@@ -473,7 +544,31 @@ fn kind(msg: &ClientMsg) -> &'static str {
         ClientMsg::Msg { .. } => "msg",
         ClientMsg::Ping { .. } => "ping",
         ClientMsg::Leave => "leave",
+        ClientMsg::ListRooms { .. } => "list_rooms",
     }
+}
+
+/// What a `list_rooms` costs against the ops rate limit (a frame of anything else costs 1,
+/// an `ops` batch one per op).
+pub const LIST_ROOMS_COST: u64 = 50;
+
+/// The listed rooms of `room_type`, for `list_rooms` and `GET /rooms`.
+pub async fn list_rooms(node: &Node, room_type: &str) -> Result<Vec<RoomListing>, Refusal> {
+    if crate::room::types::static_name(room_type).is_none() {
+        return Err(Refusal::new(ErrorCode::BadRoom, format!("unknown room type {room_type:?}")));
+    }
+    let listed = node.lobby.list(room_type, false, node.config.list_rooms_limit).await?;
+    Ok(listed
+        .into_iter()
+        .map(|l| RoomListing {
+            room: l.room,
+            room_type: l.room_type,
+            members: l.members,
+            max_players: l.max_players,
+            metadata: l.metadata,
+            created: l.created,
+        })
+        .collect())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -137,6 +137,12 @@ fn register_at_zero() {
     for outcome in ["new", "resumed_deltas", "resumed_snapshot", "refused"] {
         counter!(JOINS, "outcome" => outcome).increment(0);
     }
+    for outcome in ["ok", "error", "unauthorized", "disabled"] {
+        counter!(ADMIN_REQUESTS, "outcome" => outcome).increment(0);
+    }
+    for outcome in ["existing", "created"] {
+        counter!(JOIN_OR_CREATE, "outcome" => outcome).increment(0);
+    }
     for outcome in ["new", "restored"] {
         counter!(CLAIMS, "outcome" => outcome).increment(0);
     }
@@ -188,6 +194,8 @@ fn describe() {
     describe_histogram!(DELTA_BYTES, Unit::Bytes, "Encoded delta size, by room type");
     describe_histogram!(STATE_BYTES, Unit::Bytes, "Room state size at snapshots, by room type");
     describe_counter!(JOINS, "Joins, by outcome");
+    describe_counter!(ADMIN_REQUESTS, "Admin API requests, by outcome");
+    describe_counter!(JOIN_OR_CREATE, "join_or_create choices, by outcome (existing room or created)");
     describe_counter!(SESSIONS_EXPIRED, "Sessions expired after the reconnect grace");
     describe_counter!(SESSIONS_REPLACED, "Connections replaced by a newer one for the same session");
     describe_counter!(OUTBOX_DROPPED, "Messages dropped at a full outbound queue");

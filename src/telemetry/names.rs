@@ -44,6 +44,12 @@ pub const DELTA_BYTES: &str = "gamerelay_delta_size_bytes";
 pub const STATE_BYTES: &str = "gamerelay_state_size_bytes";
 /// Counter: joins, by `outcome` (`new`, `resumed_deltas`, `resumed_snapshot`, `refused`).
 pub const JOINS: &str = "gamerelay_joins_total";
+/// Counter: `join_or_create` choices, by `outcome` (`existing`: a seat in an open listed
+/// room; `created`: a new listed room).
+pub const JOIN_OR_CREATE: &str = "gamerelay_join_or_create_total";
+/// Counter: admin API requests, by `outcome` (`ok`, `error`: answered with an error
+/// status, `unauthorized`: wrong or missing token, `disabled`: no --admin-token).
+pub const ADMIN_REQUESTS: &str = "gamerelay_admin_requests_total";
 /// Counter: sessions that expired at the end of the reconnect grace.
 pub const SESSIONS_EXPIRED: &str = "gamerelay_sessions_expired_total";
 /// Counter: connections closed because a newer connection resumed their session.
@@ -123,7 +129,23 @@ pub const PROCESS_THREADS: &str = "process_threads";
 /// The `op` label values of [`REDIS_SECONDS`] and [`REDIS_ERRORS`]: the backplane's scripts
 /// (`claim`, `commit`, `snapshot`, `renew`, `release`, `reseed`) and the renewer's `ping`
 /// while the node owns no room, and `wait` (replicas after a commit, `--redis-wait-replicas`).
-pub const REDIS_OPS: &[&str] = &["claim", "commit", "snapshot", "renew", "release", "reseed", "ping", "wait"];
+pub const REDIS_OPS: &[&str] = &[
+    "claim",
+    "commit",
+    "snapshot",
+    "renew",
+    "release",
+    "reseed",
+    "ping",
+    "wait",
+    "lobby_register",
+    "lobby_reserve",
+    "lobby_take",
+    "lobby_free",
+    "lobby_remove",
+    "lobby_get",
+    "lobby_list",
+];
 /// The `op` label values of [`FENCING_REJECTIONS`].
 pub const FENCING_OPS: &[&str] = &["commit", "snapshot", "renew", "renew_timeout"];
 /// The `outcome` label values of [`WEBHOOK_DELIVERIES`].
@@ -152,6 +174,8 @@ pub const ALL: &[&str] = &[
     DELTA_BYTES,
     STATE_BYTES,
     JOINS,
+    JOIN_OR_CREATE,
+    ADMIN_REQUESTS,
     SESSIONS_EXPIRED,
     SESSIONS_REPLACED,
     OUTBOX_DROPPED,

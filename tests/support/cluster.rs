@@ -377,6 +377,38 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     tokio::time::timeout(HTTP_TIMEOUT, fut).await.ok().flatten()
 }
 
+/// `method path` on `127.0.0.1:port` with extra headers and an optional JSON body: the
+/// status code and body, or `None` if the request fails.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let fut = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() {
+            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+        Some((code, body))
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, fut).await.ok().flatten()
+}
+
 /// Just the status code of `GET path`.
 pub async fn http_status(port: u16, path: &str) -> Option<u16> {
     http_get(port, path).await.map(|(code, _)| code)

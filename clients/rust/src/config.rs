@@ -28,8 +28,13 @@ use crate::error::ClientError;
 pub struct ClientConfig {
     /// WebSocket URL of the server's `/ws` endpoint, e.g. `ws://127.0.0.1:8080/ws`.
     pub url: String,
-    /// Room id: 1-128 bytes of `[A-Za-z0-9_.:-]`.
+    /// Room id: 1-128 bytes of `[A-Za-z0-9_.:-]`. Empty with [`join_or_create`](Self::join_or_create):
+    /// the server chooses, and [`Client::room`](crate::Client::room) names its choice.
     pub room: String,
+    /// Let the server choose the room: a seat in the oldest listed room of `room_type` with
+    /// one free, or a new listed room (`join_or_create` in docs/PROTOCOL.md). Reconnects
+    /// resume in the room chosen.
+    pub join_or_create: bool,
     /// Room type, e.g. `doc` or `arena`.
     pub room_type: String,
     /// Join token sent in `join`: a JWT from the game backend naming the player and its rooms.
@@ -66,6 +71,7 @@ impl ClientConfig {
             url: url.into(),
             room: room.into(),
             room_type: room_type.into(),
+            join_or_create: false,
             token: None,
             client_name: concat!("gamerelay-client-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
             room_query: true,
@@ -76,6 +82,11 @@ impl ClientConfig {
             event_buffer: 1024,
             leave_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Settings for a `join_or_create` in a room of `room_type` that the server chooses.
+    pub fn join_or_create(url: impl Into<String>, room_type: impl Into<String>) -> Self {
+        ClientConfig { join_or_create: true, ..ClientConfig::new(url, "", room_type) }
     }
 
     /// Sets the authentication token.
@@ -123,8 +134,11 @@ impl ClientConfig {
     /// Checks the settings that would otherwise fail later in confusing ways.
     pub fn validate(&self) -> Result<(), ClientError> {
         let bad = |msg: &str| Err(ClientError::InvalidConfig(msg.to_owned()));
-        if self.room.is_empty() {
-            return bad("room must not be empty");
+        if self.room.is_empty() && !self.join_or_create {
+            return bad("room must not be empty (or use join_or_create)");
+        }
+        if !self.room.is_empty() && self.join_or_create {
+            return bad("join_or_create chooses the room: leave room empty");
         }
         if self.room_type.is_empty() {
             return bad("room_type must not be empty");
@@ -155,7 +169,7 @@ impl ClientConfig {
     /// [`room_query`](Self::room_query) asks for it.
     pub fn connect_url(&self) -> String {
         let room_ok = self.room.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
-        if !self.room_query || !room_ok || self.url.contains("room=") {
+        if !self.room_query || self.room.is_empty() || !room_ok || self.url.contains("room=") {
             return self.url.clone();
         }
         let sep = if self.url.contains('?') { '&' } else { '?' };

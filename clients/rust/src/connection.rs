@@ -18,8 +18,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, StreamExt};
 use gamerelay::protocol::{
-    decode_server, encode, should_reconnect, ClientMsg, Doc, Join, MemberInfo, Op, ServerMsg, Snapshot,
-    PROTOCOL_VERSION,
+    decode_server, encode, should_reconnect, ClientMsg, Doc, Join, MemberInfo, Op, RoomListing, ServerMsg,
+    Snapshot, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -214,6 +214,63 @@ async fn handshake_inner(url: String, hello: Bytes, join: Bytes) -> Result<Hands
     }
 }
 
+/// Lists the listed rooms of `room_type` (`list_rooms`) on a connection of its own:
+/// `hello`, `list_rooms`, the `rooms` answer, close. Bounded by `timeout`.
+pub async fn list_rooms(
+    url: &str,
+    room_type: &str,
+    timeout: Duration,
+) -> Result<Vec<RoomListing>, ClientError> {
+    match tokio::time::timeout(timeout, list_rooms_inner(url, room_type)).await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::HandshakeTimeout(timeout)),
+    }
+}
+
+async fn list_rooms_inner(url: &str, room_type: &str) -> Result<Vec<RoomListing>, ClientError> {
+    const ID: u64 = 1;
+    let transport = |e: tungstenite::Error| ClientError::Connect(Arc::new(e));
+    let (mut ws, _response) = connect_async(url).await.map_err(transport)?;
+    let hello = encode(&ClientMsg::Hello {
+        v: PROTOCOL_VERSION,
+        client: Some(concat!("gamerelay-client-rust/", env!("CARGO_PKG_VERSION")).to_owned()),
+    });
+    let list = encode(&ClientMsg::ListRooms { id: ID, room_type: room_type.to_owned() });
+    ws.feed(Message::Binary(hello)).await.map_err(transport)?;
+    ws.feed(Message::Binary(list)).await.map_err(transport)?;
+    ws.flush().await.map_err(transport)?;
+    loop {
+        let bytes = match ws.next().await {
+            None => {
+                return Err(ClientError::Closed {
+                    code: None,
+                    reason: "connection ended before `rooms`".into(),
+                })
+            }
+            Some(Err(e)) => return Err(transport(e)),
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Close(frame))) => {
+                let (code, reason) = close_parts(frame);
+                return Err(ClientError::Closed { code, reason });
+            }
+            Some(Ok(_)) => continue,
+        };
+        match decode_server(&bytes) {
+            Ok(ServerMsg::Rooms { id: ID, rooms, .. }) => {
+                let _ = ws.close(None).await;
+                return Ok(rooms);
+            }
+            Ok(ServerMsg::Error { code, message, .. }) => {
+                let (code, message) = parse_code(&code, message);
+                let _ = ws.close(None).await;
+                return Err(ClientError::JoinRefused { code, message });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "ignoring an undecodable frame before `rooms`"),
+        }
+    }
+}
+
 fn close_parts(frame: Option<CloseFrame>) -> (Option<u16>, String) {
     match frame {
         Some(f) => (Some(u16::from(f.code)), f.reason.to_string()),
@@ -231,7 +288,7 @@ pub(crate) struct Started {
 }
 
 /// Joins afresh, initialises the mirror, and spawns the connection task.
-pub(crate) async fn connect(cfg: ClientConfig) -> Result<Started, ClientError> {
+pub(crate) async fn connect(mut cfg: ClientConfig) -> Result<Started, ClientError> {
     cfg.validate()?;
     let url = cfg.connect_url();
     let join = encode(&ClientMsg::Join(Join {
@@ -241,9 +298,14 @@ pub(crate) async fn connect(cfg: ClientConfig) -> Result<Started, ClientError> {
         session: None,
         epoch: None,
         seq: None,
+        join_or_create: cfg.join_or_create,
     }));
     let hs = handshake(url.clone(), hello_frame(&cfg), join, cfg.handshake_timeout).await?;
     let j = hs.joined;
+    // From now on the session lives in the room joined (the server's choice with
+    // join_or_create): reconnects resume there.
+    cfg.room = j.room.clone();
+    cfg.join_or_create = false;
     let Some(snapshot) = j.snapshot else {
         return Err(ClientError::Protocol("`joined` of a new session carries no snapshot".to_owned()));
     };
@@ -838,6 +900,7 @@ impl Task {
             session: Some(self.session.clone()),
             epoch: point.map(|(epoch, _)| epoch),
             seq: point.map(|(_, seq)| seq),
+            join_or_create: false,
         }))
     }
 

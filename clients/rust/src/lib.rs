@@ -72,6 +72,7 @@ pub mod mirror;
 
 pub use client::{Client, ConnectionState, OpTicket};
 pub use config::{ClientConfig, ReconnectPolicy};
+pub use connection::list_rooms;
 pub use error::ClientError;
 pub use event::{Event, EventStream};
 

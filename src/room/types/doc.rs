@@ -1,5 +1,6 @@
 //! `doc`: a generic shared document. Players may write anywhere except under another
-//! player's `players/<id>` subtree; there is no other game logic.
+//! player's `players/<id>` subtree and under `server` (written by the game backend through
+//! the admin API); there is no other game logic.
 
 use std::time::Instant;
 
@@ -50,7 +51,7 @@ mod tests {
         let now = Instant::now();
         let mut t = Txn::new(&mut doc, &mut size, 1 << 20);
         room.apply("p1", vec![set("shared/x"), set("players/p1/x")], &mut t, now).unwrap();
-        for bad in ["players/p2/x", "players", "players/p2"] {
+        for bad in ["players/p2/x", "players", "players/p2", "server", "server/round/timer"] {
             let e = room.apply("p1", vec![set(bad)], &mut t, now).unwrap_err();
             assert_eq!(e.code, ErrorCode::Forbidden, "{bad}");
         }

@@ -58,8 +58,16 @@ pub fn static_name(name: &str) -> Option<&'static str> {
     ROOM_TYPES.into_iter().find(|t| *t == name)
 }
 
+/// Top-level key of server-owned state: only the game backend writes under it (admin API),
+/// every room type refuses players' ops there.
+pub const SERVER_KEY: &str = "server";
+
 /// The default ownership rule: a player may write under `players/<own id>/` and nowhere
-/// else under `players`.
+/// else under `players`, and never under `server` (server-owned state).
 pub fn owns(player: &str, path: &crate::protocol::Path) -> bool {
-    path.segment(0) != "players" || (path.depth() >= 2 && path.segment(1) == player)
+    match path.segment(0) {
+        SERVER_KEY => false,
+        "players" => path.depth() >= 2 && path.segment(1) == player,
+        _ => true,
+    }
 }
