@@ -22,7 +22,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-use support::cluster::{free_port, tools_available, wait_for, Node, Redis, Tool};
+use support::cluster::{free_port, http_request, tools_available, wait_for, Node, Redis, Tool};
 use support::player::{inc, Player};
 use tokio::task::JoinHandle;
 
@@ -410,6 +410,47 @@ async fn a_failover_continues_a_room_and_a_room_created_again_is_new() {
         "events: {hits:#?}"
     );
     assert_unique_ids(&hits);
+    receiver.assert_no_problems();
+}
+
+/// The admin API's kick is a `player.left` with reason `kicked`; its close ends the room
+/// (`room.disposed`).
+#[tokio::test]
+async fn a_kick_is_reported_as_left_kicked_and_a_close_as_disposed() {
+    const TOKEN: &str = "admin-token-for-the-webhook-tests-0123456789";
+    let receiver = Receiver::start(0).await;
+    let node = node_with_webhooks("wh-admin", &receiver.url(), &["--admin-token", TOKEN]).await;
+    let room = "wh-admin-room";
+    let urls = [node.url()];
+    let a = Player::join("A", &urls, room, "doc").await;
+    let b = Player::join("B", &urls, room, "doc").await;
+    let admin = |method: &'static str, path: String, body: Option<String>| {
+        let port = node.port();
+        async move {
+            let auth = format!("Bearer {TOKEN}");
+            http_request(port, method, &path, &[("Authorization", &auth)], body.as_deref()).await
+        }
+    };
+    let kick = format!(r#"{{"player": "{}", "reason": "cheating"}}"#, b.player_id);
+    let kicked = admin("POST", format!("/admin/v1/rooms/{room}/kick"), Some(kick)).await;
+    assert_eq!(kicked.as_ref().map(|(code, _)| *code), Some(200), "{kicked:?}");
+    receiver.wait_event(room, "player.left").await;
+    let closed = admin("DELETE", format!("/admin/v1/rooms/{room}"), None).await;
+    assert_eq!(closed.as_ref().map(|(code, _)| *code), Some(200), "{closed:?}");
+    receiver.wait_event(room, "room.disposed").await;
+    let hits = receiver.accepted(room);
+    let (a_id, b_id) = (a.player_id.as_str(), b.player_id.as_str());
+    assert_eq!(
+        story(&hits),
+        vec![
+            ("room.created".to_owned(), None, None),
+            ("player.joined".to_owned(), Some(a_id.to_owned()), None),
+            ("player.joined".to_owned(), Some(b_id.to_owned()), None),
+            ("player.left".to_owned(), Some(b_id.to_owned()), Some("kicked".to_owned())),
+            ("room.disposed".to_owned(), None, None),
+        ],
+        "events: {hits:#?}"
+    );
     receiver.assert_no_problems();
 }
 
