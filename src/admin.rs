@@ -445,3 +445,42 @@ async fn message(
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route [`router`] and [`public_router`] serve, as OpenAPI writes them.
+    const ROUTES: [&str; 7] = [
+        "/admin/v1/rooms",
+        "/admin/v1/rooms/{room}",
+        "/admin/v1/rooms/{room}/ops",
+        "/admin/v1/rooms/{room}/kick",
+        "/admin/v1/rooms/{room}/messages",
+        "/admin/v1/openapi.json",
+        "/rooms",
+    ];
+
+    #[test]
+    fn the_openapi_document_and_admin_md_describe_every_route() {
+        let spec: serde_json::Value = serde_json::from_str(OPENAPI).expect("docs/admin-openapi.json is JSON");
+        let mut paths: Vec<&str> =
+            spec["paths"].as_object().expect("paths").keys().map(String::as_str).collect();
+        paths.sort_unstable();
+        let mut routes = ROUTES.to_vec();
+        routes.sort_unstable();
+        assert_eq!(paths, routes);
+        let prose = include_str!("../docs/ADMIN.md");
+        for route in ROUTES {
+            assert!(prose.contains(route), "docs/ADMIN.md does not mention {route}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret-token", b"secret-token"));
+        assert!(!constant_time_eq(b"secret-token", b"secret-tokeN"));
+        assert!(!constant_time_eq(b"secret-token", b"secret-token-longer"));
+        assert!(!constant_time_eq(b"secret-token", b""));
+    }
+}

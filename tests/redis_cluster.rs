@@ -351,3 +351,43 @@ fn epoch_on(rc: &RedisCluster, i: usize, key: &str) -> u64 {
         Err(e) => panic!("GET {key} on server {i}: {e}"),
     }
 }
+
+/// The lobby's scripts on a Redis Cluster: every key of a room type's lobby shares one hash
+/// tag, so `join_or_create` stays atomic on its shard. 12 players joining at once through two
+/// nodes, 4 seats a room: exactly 3 full rooms, listed alike from either node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_or_create_is_atomic_on_a_redis_cluster() {
+    if !have_tools() {
+        return;
+    }
+    let rc = RedisCluster::start(3, 0).await;
+    let args = ["--join-or-create-max-players", "4"];
+    let n1 = Node::start(&rc.url(), "node-1", &args).await;
+    let n2 = Node::start(&rc.url(), "node-2", &args).await;
+    n1.wait_readyz(200, WAIT).await;
+    n2.wait_readyz(200, WAIT).await;
+    let mut joins = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let url = if i % 2 == 0 { n1.url() } else { n2.url() };
+        joins.spawn(async move {
+            let cfg = gamerelay_client::ClientConfig::join_or_create(url, "arena")
+                .with_reconnect(gamerelay_client::ReconnectPolicy::disabled());
+            gamerelay_client::Client::connect(cfg).await
+        });
+    }
+    let mut per_room: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut clients = Vec::new();
+    while let Some(joined) = joins.join_next().await {
+        let client = joined.expect("join task").expect("join_or_create on a Redis Cluster");
+        *per_room.entry(client.room().to_owned()).or_default() += 1;
+        clients.push(client);
+    }
+    assert!(per_room.values().all(|&n| n == 4), "3 full rooms, none overfull: {per_room:?}");
+    assert_eq!(per_room.len(), 3, "{per_room:?}");
+    for url in [n1.url(), n2.url()] {
+        let listed = gamerelay_client::list_rooms(&url, "arena", WAIT).await.expect("list_rooms");
+        let seen: std::collections::HashMap<String, usize> =
+            listed.iter().map(|l| (l.room.clone(), l.members as usize)).collect();
+        assert_eq!(seen, per_room, "the listing agrees with the joins");
+    }
+}
