@@ -53,6 +53,8 @@ impl Hit {
 struct Shared {
     /// Answer 500 to this many requests first, then 200.
     fail_first: usize,
+    /// How long each answer takes.
+    delay: Duration,
     hits: Mutex<Vec<Hit>>,
     /// Anything wrong with a request (signature, headers, body).
     problems: Mutex<Vec<String>>,
@@ -67,8 +69,12 @@ struct Receiver {
 
 impl Receiver {
     async fn start(fail_first: usize) -> Receiver {
-        let shared =
-            Arc::new(Shared { fail_first, hits: Mutex::new(Vec::new()), problems: Mutex::new(Vec::new()) });
+        Receiver::start_with(fail_first, Duration::ZERO).await
+    }
+
+    async fn start_with(fail_first: usize, delay: Duration) -> Receiver {
+        let (hits, problems) = (Mutex::new(Vec::new()), Mutex::new(Vec::new()));
+        let shared = Arc::new(Shared { fail_first, delay, hits, problems });
         let app = axum::Router::new().route("/hook", post(receive)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
         let addr = listener.local_addr().expect("receiver address");
@@ -153,6 +159,7 @@ async fn receive(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     if time_ms / 1000 > now + 1 || time_ms / 1000 + 300 < now {
         problems.push(format!("time {time_ms} is not a recent time in ms"));
     }
+    tokio::time::sleep(shared.delay).await;
     let mut hits = shared.hits.lock().unwrap_or_else(|e| e.into_inner());
     let status = if hits.len() < shared.fail_first { 500 } else { 200 };
     hits.push(Hit { id, body, status });
@@ -332,6 +339,32 @@ async fn a_dead_webhook_receiver_never_slows_rooms() {
     // 6 rooms created and 12 players joined is far more than a queue of 4.
     assert!(node.metric("gamerelay_webhook_events_dropped_total").await > 0.0);
     silent.abort();
+}
+
+/// On SIGTERM the queue gets a short drain: what the rooms emitted before is delivered, even
+/// to a receiver that takes 200 ms per answer, and the node still exits cleanly.
+#[tokio::test]
+async fn a_node_shutting_down_delivers_what_it_had_queued() {
+    let receiver = Receiver::start_with(0, Duration::from_millis(200)).await;
+    let mut node = node_with_webhooks("wh-drain", &receiver.url(), &[]).await;
+    let room = "wh-drain-room";
+    let a = Player::join("A", &[node.url()], room, "doc").await;
+    let b = Player::join("B", &[node.url()], room, "doc").await;
+    node.sigterm();
+    let status = node.wait(WAIT).await.expect("the node exits after its drain");
+    assert!(status.success(), "{status:?}");
+    let hits = receiver.accepted(room);
+    let (a_id, b_id) = (Some(a.player_id.clone()), Some(b.player_id.clone()));
+    assert_eq!(
+        story(&hits),
+        vec![
+            ("room.created".to_owned(), None, None),
+            ("player.joined".to_owned(), a_id, None),
+            ("player.joined".to_owned(), b_id, None),
+        ],
+        "a shutdown hands the room off: no room.disposed, no player.left; events: {hits:#?}"
+    );
+    receiver.assert_no_problems();
 }
 
 /// Cluster mode: a failover continues a room (its new owner sends no `room.created`, and
