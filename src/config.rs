@@ -304,6 +304,39 @@ pub struct Config {
     #[arg(long, env = "GAMERELAY_REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
     pub redis_wait_timeout_ms: u64,
 
+    /// URL the node POSTs webhook events to (`http://` or `https://`): rooms created and
+    /// disposed, players joined, left and timed out (docs/WEBHOOKS.md). Needs
+    /// --webhook-secret. Default: no webhooks.
+    #[arg(long, env = "GAMERELAY_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Secret that signs every webhook (`x-gamerelay-signature`: HMAC-SHA256), so the
+    /// receiver can tell the node's events from forged ones. Required with --webhook-url;
+    /// at least 16 bytes.
+    #[arg(long, env = "GAMERELAY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Webhook events queued for delivery; past it new events are dropped and counted
+    /// (`gamerelay_webhook_events_dropped_total`). Bounds the memory a slow or dead receiver
+    /// can make the node hold; rooms never wait for the queue.
+    #[arg(long, env = "GAMERELAY_WEBHOOK_QUEUE", default_value_t = 10_000)]
+    pub webhook_queue: usize,
+
+    /// How long one webhook POST may take (connect to answer), in ms; past it the attempt
+    /// failed and is retried. Keeps a hanging receiver from holding the queue for long.
+    #[arg(long, env = "GAMERELAY_WEBHOOK_TIMEOUT_MS", default_value_t = 2_000)]
+    pub webhook_timeout_ms: u64,
+
+    /// Longest pause between retries of a failed webhook, in ms (the pause starts at 100 ms
+    /// and doubles). Later events wait behind a retried one, so order holds.
+    #[arg(long, env = "GAMERELAY_WEBHOOK_MAX_BACKOFF_MS", default_value_t = 10_000)]
+    pub webhook_max_backoff_ms: u64,
+
+    /// Attempts per webhook event (the first included) before it is dropped and counted as
+    /// `failed`: a receiver that is down for long loses events rather than the node stalling.
+    #[arg(long, env = "GAMERELAY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: u32,
+
     /// DELIBERATELY BROKEN (builds with the `fault-injection` feature only): a room restored
     /// after a failover forgets the log after its last snapshot, losing acknowledged changes.
     /// Exists so the chaos checker can prove it catches such a bug.
@@ -478,6 +511,7 @@ impl Config {
         if self.shed_connections_percent == 0 || self.shed_connections_percent > 100 {
             return Err(ConfigError { flag: "shed-connections-percent", problem: "must be 1-100".into() });
         }
+        self.validate_webhooks()?;
         if self.log_filter().is_err() {
             return Err(ConfigError {
                 flag: "log",
@@ -485,6 +519,40 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The `--webhook-*` flags: an http(s) URL with a secret, and positive limits.
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 4] = [
+            ("webhook-queue", self.webhook_queue as u64),
+            ("webhook-timeout-ms", self.webhook_timeout_ms),
+            ("webhook-max-backoff-ms", self.webhook_max_backoff_ms),
+            ("webhook-max-attempts", u64::from(self.webhook_max_attempts)),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return Err(ConfigError { flag, problem: "must be greater than 0".into() });
+            }
+        }
+        // A secret alone is fine: unsetting the URL is how webhooks are turned off.
+        let Some(url) = &self.webhook_url else { return Ok(()) };
+        let parsed = reqwest::Url::parse(url).ok();
+        let usable = parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+        if !usable {
+            return Err(ConfigError {
+                flag: "webhook-url",
+                problem: format!("{url:?} must be an http:// or https:// URL with a host"),
+            });
+        }
+        match &self.webhook_secret {
+            Some(secret) if secret.len() >= 16 => Ok(()),
+            _ => Err(ConfigError {
+                flag: "webhook-secret",
+                problem: "--webhook-url needs a signing secret of at least 16 bytes, so the receiver \
+                          can verify that events come from this deployment"
+                    .into(),
+            }),
+        }
     }
 
     /// The tracing filter from `--log`.
@@ -603,6 +671,39 @@ mod tests {
         assert_eq!(cluster("redis://127.0.0.1:7000,127.0.0.1:7001").unwrap_err().flag, "redis");
         let e = parse(&["--redis", "redis://h:1", "--cluster-secret", secret, "--redis-wait-replicas", "1"]);
         assert!(e.validate().is_ok());
+    }
+
+    #[test]
+    fn webhooks_need_an_http_url_and_a_secret() {
+        let secret = "0123456789abcdef";
+        let hook = |url: &'static str| parse(&["--webhook-url", url, "--webhook-secret", secret]).validate();
+        assert!(hook("https://game.example.com/hooks/gamerelay").is_ok());
+        assert!(hook("http://127.0.0.1:9000").is_ok());
+        for bad in [
+            "ftp://game.example.com/hook",
+            "game.example.com/hook",
+            "https://",
+            "mailto:ops@game.example.com",
+        ] {
+            assert_eq!(hook(bad).unwrap_err().flag, "webhook-url", "{bad}");
+        }
+        assert_eq!(
+            parse(&["--webhook-url", "https://h/hook"]).validate().unwrap_err().flag,
+            "webhook-secret"
+        );
+        assert_eq!(
+            parse(&["--webhook-url", "https://h/hook", "--webhook-secret", "short"])
+                .validate()
+                .unwrap_err()
+                .flag,
+            "webhook-secret"
+        );
+        assert!(parse(&["--webhook-secret", secret]).validate().is_ok(), "no URL: no webhooks");
+        assert_eq!(parse(&["--webhook-queue", "0"]).validate().unwrap_err().flag, "webhook-queue");
+        assert_eq!(
+            parse(&["--webhook-max-attempts", "0"]).validate().unwrap_err().flag,
+            "webhook-max-attempts"
+        );
     }
 
     const KEY: &str = "k1:0123456789abcdef0123456789abcdef";

@@ -26,6 +26,8 @@
 //!             the bounded outbound queue and its writer, keepalive, close codes.
 //! gateway.rs  HTTP routes: /ws upgrade (origin, connection limits), /healthz, /readyz,
 //!             /metrics, /demo (embedded); the optional operator listener.
+//! webhook.rs  events for the game's backend (rooms created/disposed, players joined/left):
+//!             a bounded queue rooms never wait on, one ordered, signed, retrying sender.
 //! admin.rs    the admin API (bearer tokens, JSON) and the public room listing over HTTP.
 //! server.rs   wires it together: `Server::bind` then `run` until a shutdown signal.
 //! ```
@@ -71,3 +73,5 @@ pub mod server;
 pub mod session;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "server")]
+pub mod webhook;

@@ -34,6 +34,7 @@ use crate::lobby::Lobby;
 use crate::room::{Registry, RoomDeps};
 use crate::session::token::SessionKeys;
 use crate::telemetry::{self, HotMetrics};
+use crate::webhook::{WebhookError, WebhookSettings, Webhooks};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,8 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error("cannot start cluster mode: {0}")]
     Cluster(#[from] BackplaneError),
+    #[error(transparent)]
+    Webhooks(#[from] WebhookError),
 }
 
 /// What every task of the node shares.
@@ -221,6 +224,10 @@ impl Server {
                 (backplane, Some(relay), SessionKeys::new(secret.as_bytes()), lobby)
             }
         };
+        let webhooks = match WebhookSettings::from_config(&config) {
+            Some(settings) => Webhooks::start(settings, &node_id, shutdown.clone(), &tracker)?,
+            None => Webhooks::disabled(),
+        };
         let deps = {
             let (config, backplane, metrics, shutdown) =
                 (config.clone(), backplane.clone(), metrics.clone(), shutdown.clone());
@@ -235,6 +242,7 @@ impl Server {
                 shutdown: shutdown.clone(),
                 tokens: tokens.clone(),
                 relay: relay.clone(),
+                webhooks: webhooks.clone(),
             }
         };
         let registry =

@@ -34,6 +34,7 @@ use crate::protocol::{
 use crate::session::control::ConnControl;
 use crate::session::token::SessionKeys;
 use crate::telemetry::{names, HotMetrics};
+use crate::webhook::{LeaveReason, WebhookEvent, Webhooks};
 
 /// A player id, shared cheaply.
 pub type PlayerId = Arc<str>;
@@ -186,6 +187,8 @@ pub struct RoomDeps {
     pub tokens: SessionKeys,
     /// Cluster mode: publishes frames for members on other nodes.
     pub relay: Option<Relay>,
+    /// Tells the game's backend about rooms and players (`--webhook-url`); never waits.
+    pub webhooks: Webhooks,
     /// Seats of registered (listed or private) rooms.
     pub lobby: Arc<dyn Lobby>,
     /// This node's id (admin API answers name the owner).
@@ -242,6 +245,10 @@ pub struct Room {
     /// seq and time of the last durable snapshot (`None`: none written yet).
     snapshot_seq: Option<u64>,
     snapshot_at: Instant,
+    /// Whether the room starts anew (`room.created`): no stored data, or stored data without
+    /// members (a room disposed earlier and created again while its keys live on). A
+    /// failover that restores members continues the room instead.
+    fresh: bool,
     /// Whether the lobby knows the room (`None` until a join asked).
     registered: Option<bool>,
     /// Set when the game backend closed the room: it is disposed of.
@@ -263,6 +270,7 @@ impl Room {
             PathLimits { max_depth: deps.config.max_path_depth, max_key_bytes: deps.config.max_key_bytes };
         let publisher = deps.relay.as_ref().map(|r| r.publisher(&id));
         let mut members = HashMap::new();
+        let fresh = claim.restored.as_ref().is_none_or(|r| r.players.is_empty());
         let (doc, seq, snapshot_seq) = match claim.restored {
             Some(restored) => {
                 if restored.room_type != logic_name {
@@ -342,6 +350,7 @@ impl Room {
             state_bytes: histogram!(names::STATE_BYTES, "type" => logic_name),
             deps,
             limits,
+            fresh,
         })
     }
 
@@ -361,6 +370,10 @@ impl Room {
         let mut lost = Box::pin(self.lost.clone().cancelled_owned());
         if self.deps.backplane.wants_snapshots() && self.snapshot_seq.is_none() {
             self.write_snapshot().await;
+        }
+        if self.fresh && !self.failed {
+            let (room, room_type) = (self.id.clone(), self.logic.name());
+            self.deps.webhooks.emit(WebhookEvent::RoomCreated { room, room_type });
         }
         // One housekeeping timer, moved only when the next deadline changes.
         let mut wake = self.next_deadline();
@@ -443,6 +456,8 @@ impl Room {
                 let _ = self.deps.backplane.release(&self.id, self.epoch, false).await;
             }
         } else {
+            let (room, room_type) = (self.id.clone(), self.logic.name());
+            self.deps.webhooks.emit(WebhookEvent::RoomDisposed { room, room_type });
             let _ = self.deps.backplane.release(&self.id, self.epoch, true).await;
             if self.registered != Some(false) {
                 if let Err(e) = self.deps.lobby.remove(self.logic.name(), &self.id).await {
@@ -523,7 +538,7 @@ impl Room {
                     if let Some(c) = self.members.get(&player).and_then(|m| m.conn.clone()) {
                         self.close_conn(&c, CloseCode::Normal, "");
                     }
-                    self.remove_member(&player);
+                    self.remove_member(&player, LeaveReason::Left);
                 }
             }
             RoomCmd::Detach { player, conn } => {
@@ -579,7 +594,7 @@ impl Room {
                 if let Some(conn) = conn {
                     self.close_conn(&conn, CloseCode::Kicked, &reason);
                 }
-                self.remove_member(&player);
+                self.remove_member(&player, LeaveReason::Kicked);
                 Ok(AdminReply::Kicked)
             }
             AdminCmd::Message { to, data } => {
@@ -782,6 +797,8 @@ impl Room {
             snapshot: Some(self.snapshot()),
         };
         self.send_joined(&player, encode(&joined));
+        let (room, room_type) = (self.id.clone(), self.logic.name());
+        self.deps.webhooks.emit(WebhookEvent::PlayerJoined { room, room_type, player: player.clone() });
         Ok(JoinOk { player })
     }
 
@@ -981,12 +998,16 @@ impl Room {
         }));
     }
 
-    fn remove_member(&mut self, player: &PlayerId) {
+    /// Removes a player for good (left, timed out, kicked): the others see it leave and the
+    /// game's backend hears why.
+    fn remove_member(&mut self, player: &PlayerId, reason: LeaveReason) {
         let Some(member) = self.members.remove(player) else {
             return;
         };
         drop(member);
         self.free_seat(player);
+        let (room, room_type) = (self.id.clone(), self.logic.name());
+        self.deps.webhooks.emit(WebhookEvent::PlayerGone { room, room_type, player: player.clone(), reason });
         if self.durable {
             self.staged_log.push(LogEntry::Left { after: self.seq, player: player.to_string() });
         }
@@ -1313,7 +1334,7 @@ impl Room {
             .collect();
         for player in expired {
             counter!(names::SESSIONS_EXPIRED).increment(1);
-            self.remove_member(&player);
+            self.remove_member(&player, LeaveReason::TimedOut);
         }
         let lagging: Vec<PlayerId> =
             self.members.values().filter(|m| m.lagging_since.is_some()).map(|m| m.player.clone()).collect();

@@ -29,10 +29,18 @@ pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
+            // Webhook POSTs cross the internet and may take up to --webhook-timeout-ms
+            // (a full-name match wins over the `_seconds` suffix below).
             .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
-                &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+                metrics_exporter_prometheus::Matcher::Full(names::WEBHOOK_SECONDS.into()),
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+                )
+            })
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Suffix("_bytes".into()),
@@ -98,7 +106,7 @@ pub fn render() -> String {
 fn register_at_zero() {
     use metrics::{counter, gauge};
     use names::*;
-    for name in [CONNECTIONS, ROOMS, PLAYERS, SCHEDULING_LAG] {
+    for name in [CONNECTIONS, ROOMS, PLAYERS, SCHEDULING_LAG, WEBHOOK_QUEUE_DEPTH] {
         gauge!(name).increment(0.0);
     }
     for name in [
@@ -114,6 +122,7 @@ fn register_at_zero() {
         RESYNCS,
         SLOW_CONSUMERS,
         HANDOFFS,
+        WEBHOOK_DROPPED,
     ] {
         counter!(name).increment(0);
     }
@@ -142,6 +151,9 @@ fn register_at_zero() {
     }
     for op in FENCING_OPS {
         counter!(FENCING_REJECTIONS, "op" => *op).increment(0);
+    }
+    for outcome in WEBHOOK_OUTCOMES {
+        counter!(WEBHOOK_DELIVERIES, "outcome" => *outcome).increment(0);
     }
     for limit in crate::limits::LIMITS {
         counter!(LIMIT_HITS, "limit" => *limit).increment(0);
@@ -202,6 +214,13 @@ fn describe() {
     describe_histogram!(REDIS_SECONDS, Unit::Seconds, "One Redis round trip of the backplane, by op");
     describe_counter!(REDIS_ERRORS, "Failed Redis round trips of the backplane, by op");
     describe_counter!(FENCING_REJECTIONS, "Times this node was fenced off a room it owned, by op");
+    describe_counter!(WEBHOOK_DELIVERIES, "Webhook delivery attempts, by outcome");
+    describe_counter!(
+        WEBHOOK_DROPPED,
+        "Webhook events dropped before any attempt (queue full or shutting down)"
+    );
+    describe_gauge!(WEBHOOK_QUEUE_DEPTH, "Webhook events queued for delivery");
+    describe_histogram!(WEBHOOK_SECONDS, Unit::Seconds, "One webhook POST, sent to answered");
     describe_gauge!(BUILD_INFO, "Build information");
 }
 

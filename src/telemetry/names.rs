@@ -94,6 +94,17 @@ pub const AUTH_FAILURES: &str = "gamerelay_auth_failures_total";
 /// Gauge (seconds): how late the node's runtime woke a task that asked to wake every 100 ms
 /// (the latest sample): CPU saturation or a stalled process. Drives `--shed-lag-ms`.
 pub const SCHEDULING_LAG: &str = "gamerelay_scheduling_lag_seconds";
+/// Counter: webhook delivery attempts, by `outcome` (one of [`WEBHOOK_OUTCOMES`]):
+/// `delivered` (a 2xx answer), `retried` (an attempt failed and will be retried), `failed`
+/// (given up after `--webhook-max-attempts`, or at the end of the shutdown drain).
+pub const WEBHOOK_DELIVERIES: &str = "gamerelay_webhook_deliveries_total";
+/// Counter: webhook events dropped before any attempt (the queue was full, or the node was
+/// shutting down).
+pub const WEBHOOK_DROPPED: &str = "gamerelay_webhook_events_dropped_total";
+/// Gauge: webhook events queued and not yet taken by the delivery task.
+pub const WEBHOOK_QUEUE_DEPTH: &str = "gamerelay_webhook_queue_depth";
+/// Histogram (seconds): one webhook POST, from sending to the answer (or error, timeout).
+pub const WEBHOOK_SECONDS: &str = "gamerelay_webhook_delivery_seconds";
 /// Gauge: 1, with labels `version` and `node`.
 pub const BUILD_INFO: &str = "gamerelay_build_info";
 
@@ -137,6 +148,8 @@ pub const REDIS_OPS: &[&str] = &[
 ];
 /// The `op` label values of [`FENCING_REJECTIONS`].
 pub const FENCING_OPS: &[&str] = &["commit", "snapshot", "renew", "renew_timeout"];
+/// The `outcome` label values of [`WEBHOOK_DELIVERIES`].
+pub const WEBHOOK_OUTCOMES: &[&str] = &["delivered", "retried", "failed"];
 
 /// Every metric name above, for documentation checks.
 pub const ALL: &[&str] = &[
@@ -180,6 +193,10 @@ pub const ALL: &[&str] = &[
     LIMIT_HITS,
     AUTH_FAILURES,
     SCHEDULING_LAG,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_DROPPED,
+    WEBHOOK_QUEUE_DEPTH,
+    WEBHOOK_SECONDS,
     BUILD_INFO,
     PROCESS_CPU_SECONDS,
     PROCESS_RESIDENT_MEMORY,
@@ -201,6 +218,12 @@ mod tests {
         }
         for op in super::REDIS_OPS.iter().chain(super::FENCING_OPS) {
             assert!(doc.contains(&format!("`{op}`")), "op {op} is missing from docs/METRICS.md");
+        }
+        for outcome in super::WEBHOOK_OUTCOMES {
+            assert!(
+                doc.contains(&format!("`{outcome}`")),
+                "outcome {outcome} is missing from docs/METRICS.md"
+            );
         }
     }
 
