@@ -165,7 +165,7 @@ fn messages() -> Vec<MsgVector> {
         ),
         client(
             "join_resume",
-            "Resume a session, stating the last applied epoch and seq.",
+            "Resume a session (its second resume attempt), stating the last applied epoch and seq.",
             ClientMsg::Join(Join {
                 room: ROOM.into(),
                 room_type: "doc".into(),
@@ -173,6 +173,7 @@ fn messages() -> Vec<MsgVector> {
                 session: Some(SESSION.into()),
                 epoch: Some(1),
                 seq: Some(42),
+                attempt: Some(2),
                 join_or_create: false,
             }),
         ),

@@ -252,6 +252,35 @@ async fn a_session_taken_over_by_a_new_connection_closes_the_old_one_as_replaced
     server.stop().await;
 }
 
+/// A resume attempt the client gave up on (it hung, the client tried again elsewhere) must
+/// not replace the newer connection when it completes late: attempts only go forward.
+#[tokio::test]
+async fn a_late_resume_attempt_never_replaces_a_newer_one() {
+    let server = TestServer::start(&[]).await;
+    let (_first, info) = Raw::joined(&server, "attempts", "doc").await;
+    let resume = |attempt| Join {
+        session: Some(info.session.clone()),
+        attempt: Some(attempt),
+        ..new_join("attempts", "doc")
+    };
+    let mut newer = Raw::connect(&server).await;
+    newer.hello().await;
+    assert_eq!(newer.join(resume(2)).await.player, info.player);
+    let mut late = Raw::connect(&server).await;
+    late.hello().await;
+    let answer = late.join_msg(resume(1)).await;
+    assert!(matches!(answer, ServerMsg::Error { ref code, .. } if code == "stale_resume"), "{answer:?}");
+    // The newer connection is still the session's: its ops are applied.
+    newer.ops(1, vec![set("x", 1)]).await;
+    assert_eq!(newer.until(delta).await.cid, Some(1));
+    // A later attempt still takes over, as any resume does.
+    let mut latest = Raw::connect(&server).await;
+    latest.hello().await;
+    assert_eq!(latest.join(resume(3)).await.player, info.player);
+    assert_eq!(newer.closed().await.0, 4000);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_unknown_session_is_refused_as_expired() {
     let server = TestServer::start(&[]).await;

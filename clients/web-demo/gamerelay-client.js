@@ -2443,7 +2443,7 @@ function decodeClient(bytes) {
         const v = opt(key);
         if (v !== void 0) m[key] = v;
       }
-      for (const key of ["epoch", "seq"]) {
+      for (const key of ["epoch", "seq", "attempt"]) {
         const v = optU64(key);
         if (v !== void 0) m[key] = v;
       }
@@ -2708,6 +2708,8 @@ var Room = class extends Emitter {
   /** Last measured round-trip time in ms, or null. */
   rtt = null;
   session = "";
+  /** Resume attempts of this session so far (`join.attempt`, §4.3). */
+  resumeAttempts = 0;
   _status = { state: "reconnecting", node: null };
   ws = null;
   limits = { maxOps: Infinity, maxFrame: Infinity };
@@ -2898,6 +2900,7 @@ var Room = class extends Emitter {
         m.epoch = this.mirror.epoch;
         m.seq = this.mirror.seq;
       }
+      m.attempt = ++this.resumeAttempts;
     }
     for (const [k, v] of Object.entries(o.fields ?? {})) if (!(k in m)) m[k] = v;
     return m;

@@ -96,10 +96,18 @@ struct Inner {
     /// Signalled when a (un)subscription did not answer within `timeout`: the reader
     /// treats the pub/sub link as broken and makes it anew.
     stuck: tokio::sync::Notify,
+    /// Probes published to our own inbox, and the latest one heard (see `probe_inbox`).
+    probe_sent: std::sync::atomic::AtomicU64,
+    probe_heard: std::sync::atomic::AtomicU64,
     /// Admin commands sent to other nodes, awaiting their `admin_reply`.
     admin_waiting: DashMap<u64, oneshot::Sender<Result<AdminReply, Refusal>>>,
     next_admin: std::sync::atomic::AtomicU64,
 }
+
+/// Inbox probes (one per sixth of the lease TTL) that may go unheard in a row before the
+/// pub/sub link is made anew: two lease TTLs, far above any scheduling delay of a loaded
+/// node, so a busy node does not drop its followers for nothing.
+const PROBE_MISSES: u64 = 12;
 
 fn unavailable(message: impl Into<String>) -> Refusal {
     Refusal::new(ErrorCode::Unavailable, message)
@@ -137,6 +145,8 @@ impl Relay {
                 join_timeout: timeout * 5,
                 alive: AtomicBool::new(true),
                 stuck: tokio::sync::Notify::new(),
+                probe_sent: std::sync::atomic::AtomicU64::new(0),
+                probe_heard: std::sync::atomic::AtomicU64::new(0),
                 admin_waiting: DashMap::new(),
                 next_admin: std::sync::atomic::AtomicU64::new(1),
             }),
@@ -220,6 +230,7 @@ impl Relay {
             return Err(Refusal::new(ErrorCode::Internal, "only local connections join remotely"));
         };
         let follow = self.follow(room, owner).await?;
+        tracing::trace!(room, owner, "following; forwarding the join");
         let (tx, rx) = oneshot::channel();
         {
             let mut conns = follow.conns.lock().unwrap_or_else(|p| p.into_inner());
@@ -242,6 +253,7 @@ impl Relay {
             session: req.session.clone(),
             epoch: req.epoch,
             seq: req.seq,
+            attempt: req.attempt,
         };
         let outcome = match self.send(owner, &msg).await {
             Ok(()) => match tokio::time::timeout(self.inner.join_timeout, rx).await {
@@ -527,9 +539,13 @@ impl Relay {
 
     /// A command from another node.
     async fn inbox(&self, msg: NodeMsg) {
+        if let NodeMsg::Probe { n } = msg {
+            self.inner.probe_heard.fetch_max(n, Ordering::Relaxed);
+            return;
+        }
         let Some(registry) = self.inner.registry.get() else { return };
         match msg {
-            NodeMsg::Join { room, room_type, from, conn, player, session, epoch, seq } => {
+            NodeMsg::Join { room, room_type, from, conn, player, session, epoch, seq, attempt } => {
                 // Joins wait for the room; other commands must not wait behind them.
                 let relay = self.clone();
                 let registry = registry.clone();
@@ -540,6 +556,7 @@ impl Relay {
                         session,
                         epoch,
                         seq,
+                        attempt,
                     };
                     if let Err(refusal) = registry.join_here(&room, &room_type, req).await {
                         let msg = NodeMsg::JoinRefused {
@@ -643,6 +660,8 @@ impl Relay {
                     let _ = relay.send(&from, &msg).await;
                 });
             }
+            // Handled before the registry is needed.
+            NodeMsg::Probe { .. } => {}
             NodeMsg::AdminReply { id, reply, code, message } => {
                 if let Some((_, waiting)) = self.inner.admin_waiting.remove(&id) {
                     let outcome = reply.ok_or_else(|| {
@@ -692,8 +711,35 @@ impl Relay {
         }
     }
 
-    /// Every sixth of the lease TTL: keepalives to owners, and a check that each followed
-    /// room's owner still holds the lease.
+    /// Publishes a probe to this node's own inbox, and makes the pub/sub link anew when
+    /// [`PROBE_MISSES`] probes in a row that Redis took were not heard: the inbox
+    /// subscription is gone (a Redis Cluster client may not restore a sharded subscription
+    /// after a failover), and with it every command other nodes forward here.
+    async fn probe_inbox(&self) {
+        if !self.healthy() {
+            return;
+        }
+        let n = self.inner.probe_sent.load(Ordering::Relaxed) + 1;
+        let me = self.inner.incarnation.to_string();
+        if self.send(&me, &NodeMsg::Probe { n }).await.is_err() {
+            return; // Redis is unreachable: not a question of the subscription.
+        }
+        self.inner.probe_sent.store(n, Ordering::Relaxed);
+        let heard = self.inner.probe_heard.load(Ordering::Relaxed);
+        if n >= heard + PROBE_MISSES {
+            tracing::error!(
+                sent = n,
+                heard,
+                "this node no longer hears its inbox; making the pub/sub link anew"
+            );
+            // Counted afresh from here: the new link gets as many probes to prove itself.
+            self.inner.probe_heard.store(n, Ordering::Relaxed);
+            self.inner.stuck.notify_one();
+        }
+    }
+
+    /// Every sixth of the lease TTL: a probe of the inbox, keepalives to owners, and a check
+    /// that each followed room's owner still holds the lease.
     async fn watch(self, shutdown: CancellationToken) {
         // Polled at a sixth of the lease: a dead owner's room is noticed at most ttl/6 after
         // its lease expired (keepalives ride along; the owner waits 3 x ttl before giving up).
@@ -704,6 +750,7 @@ impl Relay {
                 _ = tokio::time::sleep(period) => {}
                 _ = shutdown.cancelled() => return,
             }
+            self.probe_inbox().await;
             let follows: Vec<(String, Arc<Follow>)> =
                 self.inner.follows.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
             for (room, follow) in follows {

@@ -25,6 +25,9 @@ pub enum NodeMsg {
         session: Option<String>,
         epoch: Option<u64>,
         seq: Option<u64>,
+        /// The resume's attempt number (`join.attempt`).
+        #[serde(default)]
+        attempt: Option<u64>,
     },
     Ops {
         room: String,
@@ -70,6 +73,11 @@ pub enum NodeMsg {
         conn: u64,
         code: u16,
         reason: String,
+    },
+    /// To the sender's own inbox: proves the node still hears its inbox (a subscription
+    /// can be lost silently in a Redis Cluster failover).
+    Probe {
+        n: u64,
     },
     /// To a room's owner: a command of the game backend (admin API), answered with
     /// `admin_reply` on the inbox of `from` with the same `id`.

@@ -54,11 +54,14 @@ pub enum ErrorCode {
     /// The node is past its load limit and admits no new players; retry after `retry_ms`,
     /// preferably on another node.
     Overloaded,
+    /// A resume whose `attempt` is not above the latest attempt the room saw for this
+    /// session: a newer connection of the session is (or was) attached; this one is not.
+    StaleResume,
 }
 
 impl ErrorCode {
     /// Every code, for docs and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadFrame,
         ErrorCode::HandshakeRequired,
         ErrorCode::UnsupportedVersion,
@@ -81,6 +84,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::TokenExpired,
         ErrorCode::Overloaded,
+        ErrorCode::StaleResume,
     ];
 
     /// The wire string.
@@ -108,6 +112,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::StaleResume => "stale_resume",
         }
     }
 

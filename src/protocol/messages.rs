@@ -108,6 +108,12 @@ pub struct Join {
     /// Last seq the client applied (resume only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// Resume only: this resume attempt's number, counting from 1 and growing with every
+    /// attempt of the session (on any node). The room refuses an attempt not above the
+    /// latest it saw (`stale_resume`), so a late attempt the client gave up on never
+    /// replaces its newer connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u64>,
     /// Let the server choose the room: a seat in the oldest listed room of `type` with one
     /// free, or a new listed room. `room` must be empty; `joined.room` names the choice.
     /// A resume names its room instead (the `room` of the first `joined`).

@@ -101,6 +101,8 @@ pub struct JoinRequest {
     pub session: Option<String>,
     pub epoch: Option<u64>,
     pub seq: Option<u64>,
+    /// Resume only: the attempt number (`join.attempt`).
+    pub attempt: Option<u64>,
 }
 
 /// A successful join: the session now speaks for `player`.
@@ -169,6 +171,8 @@ struct Member {
     applied: VecDeque<(u64, u64)>,
     /// Set while the member's queue overflowed and it awaits a resync.
     lagging_since: Option<Instant>,
+    /// The highest resume attempt number seen for this member's session (0: none).
+    resume_attempt: u64,
 }
 
 /// A delta sequenced but not yet committed.
@@ -303,6 +307,7 @@ impl Room {
                             last_cid: record.last_cid,
                             applied: record.applied.into_iter().skip(skip).collect(),
                             lagging_since: None,
+                            resume_attempt: 0,
                         },
                     );
                 }
@@ -766,6 +771,7 @@ impl Room {
                 last_cid: 0,
                 applied: VecDeque::new(),
                 lagging_since: None,
+                resume_attempt: 0,
             },
         );
         self.empty_since = None;
@@ -821,8 +827,24 @@ impl Room {
                 "the session belongs to another player than the join token",
             ));
         }
-        if !self.members.contains_key(&player) {
+        let Some(member) = self.members.get_mut(&player) else {
             return Err(expired());
+        };
+        if let Some(attempt) = req.attempt {
+            // The same attempt on the same connection is a join forwarded again (its first
+            // answer was lost), not a stale one.
+            let again = member.conn.as_ref().is_some_and(|c| c.conn_id() == req.conn.conn_id());
+            if attempt < member.resume_attempt || (attempt == member.resume_attempt && !again) {
+                counter!(names::JOINS, "outcome" => "refused").increment(1);
+                return Err(Refusal::new(
+                    ErrorCode::StaleResume,
+                    format!(
+                        "resume attempt {attempt} of this session is not above attempt {} that came first",
+                        member.resume_attempt
+                    ),
+                ));
+            }
+            member.resume_attempt = attempt;
         }
         self.reattach(player, session, req)
     }
@@ -843,7 +865,10 @@ impl Room {
         member.disconnected_at = None;
         member.lagging_since = None;
         let last_cid = member.last_cid;
-        if let Some(old) = old {
+        // The same connection again (its node forwarded the join once more after losing the
+        // first answer) is not replaced by itself.
+        let new_conn = member.conn.as_ref().map(MemberConn::conn_id);
+        if let Some(old) = old.filter(|o| Some(o.conn_id()) != new_conn) {
             self.close_conn(&old, CloseCode::Replaced, "a newer connection resumed this session");
             counter!(names::SESSIONS_REPLACED).increment(1);
         }

@@ -116,7 +116,9 @@ impl Registry {
                     other => return other,
                 }
             }
-            match relay.lease_holder(room_id).await? {
+            let holder = relay.lease_holder(room_id).await?;
+            tracing::trace!(room = room_id, ?holder, "join: lease holder");
+            match holder {
                 Some(owner) if owner != **relay.incarnation() => {
                     match relay.join_remote(room_id, room_type, &owner, &req).await {
                         Ok(player) => {

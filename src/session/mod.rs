@@ -443,6 +443,7 @@ impl Session {
             session: join.session,
             epoch: join.epoch,
             seq: join.seq,
+            attempt: join.attempt,
         };
         match self.node.registry.join(&join.room, &join.room_type, req).await {
             Ok(joined) => {

@@ -179,6 +179,8 @@ pub struct Player {
     /// This player's id (kept across resumes: checked).
     pub player_id: String,
     session: String,
+    /// Resume attempts so far (`join.attempt` of the next one is one more).
+    resume_attempts: u64,
     pub mirror: Mirror,
     next_cid: u64,
     pending: BTreeMap<u64, Pending>,
@@ -240,6 +242,7 @@ impl Player {
             wire: None,
             player_id: String::new(),
             session: String::new(),
+            resume_attempts: 0,
             mirror: Mirror { epoch: 0, seq: 0, state: Doc::map() },
             next_cid: 1,
             pending: BTreeMap::new(),
@@ -373,6 +376,7 @@ impl Player {
             session: resume.then(|| self.session.clone()),
             epoch: resume.then_some(self.mirror.epoch),
             seq: resume.then_some(self.mirror.seq),
+            attempt: resume.then_some(self.resume_attempts),
             ..Join::default()
         }
     }
@@ -381,6 +385,9 @@ impl Player {
     /// re-sends every unsettled batch. `Err` for anything worth retrying elsewhere or later.
     async fn try_join(&mut self, idx: usize) -> Result<(), String> {
         let resume = !self.session.is_empty();
+        if resume {
+            self.resume_attempts += 1;
+        }
         let url = format!("{}?room={}", self.urls[idx], self.room);
         let mut wire = Wire::connect(&url).await?;
         let hello = ClientMsg::Hello { v: 1, client: Some(format!("cluster-test/{}", self.name)) };
@@ -860,6 +867,7 @@ impl Player {
             wire: None,
             player_id: self.player_id.clone(),
             session: self.session.clone(),
+            resume_attempts: self.resume_attempts,
             mirror: self.mirror.clone(),
             next_cid: self.next_cid,
             pending: BTreeMap::new(),

@@ -298,6 +298,7 @@ pub(crate) async fn connect(mut cfg: ClientConfig) -> Result<Started, ClientErro
         session: None,
         epoch: None,
         seq: None,
+        attempt: None,
         join_or_create: cfg.join_or_create,
     }));
     let hs = handshake(url.clone(), hello_frame(&cfg), join, cfg.handshake_timeout).await?;
@@ -331,6 +332,7 @@ pub(crate) async fn connect(mut cfg: ClientConfig) -> Result<Started, ClientErro
         events: events_tx,
         player: j.player.clone(),
         session: j.session,
+        resume_attempts: 0,
         next_cid: j.cid.saturating_add(1),
         limits: hs.limits,
         pending: VecDeque::new(),
@@ -453,6 +455,10 @@ struct Task {
     events: broadcast::Sender<Event>,
     player: String,
     session: String,
+    /// Resume attempts of this session so far (`join.attempt` of the next is one more):
+    /// the room refuses an attempt that is not its newest, so a late one never replaces
+    /// the connection that came after it.
+    resume_attempts: u64,
     /// The cid of the next op batch: starts after `joined.cid`, only grows.
     next_cid: u64,
     limits: Limits,
@@ -869,6 +875,7 @@ impl Task {
             self.emit(Event::Reconnecting { attempt, delay });
             self.serve_offline(tokio::time::sleep(delay)).await?;
 
+            self.resume_attempts += 1;
             let join = self.resume_join();
             let attempt_result = self
                 .serve_offline(handshake(
@@ -900,6 +907,7 @@ impl Task {
             session: Some(self.session.clone()),
             epoch: point.map(|(epoch, _)| epoch),
             seq: point.map(|(_, seq)| seq),
+            attempt: Some(self.resume_attempts),
             join_or_create: false,
         }))
     }

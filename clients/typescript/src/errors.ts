@@ -24,7 +24,8 @@ export type ErrorCode =
   | "internal"
   | "unauthorized"
   | "token_expired"
-  | "overloaded";
+  | "overloaded"
+  | "stale_resume";
 
 /** Codes the client itself uses for failures that are not a server's answer. */
 export type ClientErrorCode = "closed" | "timeout" | "protocol" | "invalid_request" | "not_connected";

@@ -54,6 +54,8 @@ export interface Join {
   session?: string;
   epoch?: number;
   seq?: number;
+  /** Resume only: this attempt's number, from 1, growing with every attempt (§4.3). */
+  attempt?: number;
   /** `true`: the server chooses the room (§4.5); `room` is then empty. Never on a resume. */
   join_or_create?: boolean;
   /** Fields this version does not know (e.g. a future auth field), sent as given. */
@@ -465,7 +467,7 @@ export function decodeClient(bytes: Uint8Array): ClientMessage {
         const v = opt(key);
         if (v !== undefined) m[key] = v;
       }
-      for (const key of ["epoch", "seq"] as const) {
+      for (const key of ["epoch", "seq", "attempt"] as const) {
         const v = optU64(key);
         if (v !== undefined) m[key] = v;
       }

@@ -423,6 +423,8 @@ export class Room extends Emitter<RoomEvents> {
   /** Last measured round-trip time in ms, or null. */
   rtt: number | null = null;
   private session = "";
+  /** Resume attempts of this session so far (`join.attempt`, §4.3). */
+  private resumeAttempts = 0;
   private _status: ConnectionStatus = { state: "reconnecting", node: null };
   private ws: WebSocketLike | null = null;
   private limits = { maxOps: Infinity, maxFrame: Infinity };
@@ -652,6 +654,9 @@ export class Room extends Emitter<RoomEvents> {
         m.epoch = this.mirror.epoch;
         m.seq = this.mirror.seq;
       }
+      // Every attempt is numbered above the last: the room refuses an older attempt that
+      // completes late (`stale_resume`) instead of letting it replace a newer connection.
+      m.attempt = ++this.resumeAttempts;
     }
     for (const [k, v] of Object.entries(o.fields ?? {})) if (!(k in m)) m[k] = v;
     return m;

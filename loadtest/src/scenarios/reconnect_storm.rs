@@ -737,6 +737,7 @@ async fn player(
             session: Some(session.clone()),
             epoch: resume_point.map(|p| p.0),
             seq: resume_point.map(|p| p.1),
+            attempt: Some(u64::from(retries) + 1),
             ..Join::default()
         };
         let attempt = tokio::select! {

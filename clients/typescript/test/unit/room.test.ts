@@ -96,14 +96,34 @@ test("a resume presents session, epoch and seq, and re-sends unsettled batches w
   const rejoin = conns[1]!.got[1]!;
   assert.equal(rejoin.t, "join");
   assert.deepEqual(
-    { session: (rejoin as { session?: string }).session, epoch: (rejoin as { epoch?: number }).epoch, seq: (rejoin as { seq?: number }).seq },
-    { session: "s1", epoch: 1, seq: 5 },
+    {
+      session: (rejoin as { session?: string }).session,
+      epoch: (rejoin as { epoch?: number }).epoch,
+      seq: (rejoin as { seq?: number }).seq,
+      attempt: (rejoin as { attempt?: number }).attempt,
+    },
+    { session: "s1", epoch: 1, seq: 5, attempt: 1 },
   );
   assert.deepEqual(conns[1]!.got[2], conns[0]!.got[2], "the same cid and ops");
   conns[1]!.send({ t: "ack", cid: 1, seq: 6 });
   assert.deepEqual(await result, { cid: 1, seq: 6 });
   assert.equal(room.node, "node-1");
   assert.equal(room.status.state, "connected");
+});
+
+test("every resume attempt of a session is numbered above the last, failed attempts included", async () => {
+  const { room, conns } = await joinScripted((c, i) => {
+    c.send(welcome(`node-${i}`));
+    if (i === 0) c.send(joined(false, 0, snap(1, 5, { n: 0 })));
+    // Attempts 1 and 2 are refused as retryable; attempt 3 resumes.
+    else if (i < 3) c.send({ t: "error", code: "unavailable", message: "owner moving" });
+    else c.send(joined(true, 0, null));
+  });
+  conns[0]!.ws.terminate();
+  await eventually("the third attempt resumed", () => conns.length === 4 && room.status.state === "connected");
+  const attempts = conns.slice(1).map((c) => (c.got[1] as { attempt?: number }).attempt);
+  assert.deepEqual(attempts, [1, 2, 3]);
+  assert.equal((conns[0]!.got[1] as { attempt?: number }).attempt, undefined, "a first join carries no attempt");
 });
 
 test("the fields of `join` include extra fields on the first join and every resume", async () => {
@@ -300,7 +320,7 @@ test("joinOrCreate: the server chooses the room, room.id is its choice, and a re
   room.simulateDrop();
   await eventually("resumed", () => conns.length === 2 && room.connected);
   assert.equal(conns[1]!.url, `/ws?room=${chosen}`, "the load balancer is told the room chosen");
-  assert.deepEqual(conns[1]!.got[1], { t: "join", room: chosen, type: "arena", session: "s1", epoch: 1, seq: 3 });
+  assert.deepEqual(conns[1]!.got[1], { t: "join", room: chosen, type: "arena", session: "s1", epoch: 1, seq: 3, attempt: 1 });
   assert.equal((conns[1]!.raw[1] as Record<string, unknown>).join_or_create, undefined, "a resume never asks to choose");
   assert.equal(room.id, chosen);
 });
