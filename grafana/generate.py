@@ -407,6 +407,41 @@ def overview():
         8,
     )
 
+    L.row("Game backend")
+    L.add(
+        timeseries(
+            "join_or_create choices",
+            "join_or_create calls per second, fleet, by outcome: a seat in an open listed room (existing) or a new listed room (created). Mostly created with few players each: seats are not being filled (docs/ADMIN.md).",
+            [("sum by (outcome) (rate(gamerelay_join_or_create_total" + J + "[$__rate_interval]))", "{{outcome}}")],
+            unit="ops",
+        ),
+        8,
+        8,
+    )
+    L.add(
+        timeseries(
+            "Admin API requests",
+            "Admin API requests per second, fleet, by outcome: ok, error (an error status), unauthorized (missing or wrong token), disabled (no --admin-token). Alert: GamerelayAdminUnauthorized.",
+            [("sum by (outcome) (rate(gamerelay_admin_requests_total" + J + "[$__rate_interval]))", "{{outcome}}")],
+            unit="reqps",
+        ),
+        8,
+        8,
+    )
+    L.add(
+        timeseries(
+            "Webhook deliveries",
+            "Webhook delivery attempts per second, fleet, by outcome (delivered, retried, failed: given up after every retry), and events dropped from a full queue. Alert: GamerelayWebhooksFailing.",
+            [
+                ("sum by (outcome) (rate(gamerelay_webhook_deliveries_total" + J + "[$__rate_interval]))", "{{outcome}}"),
+                ("sum(rate(gamerelay_webhook_events_dropped_total" + J + "[$__rate_interval]))", "dropped"),
+            ],
+            unit="ops",
+        ),
+        8,
+        8,
+    )
+
     L.row("Failovers")
     L.add(
         timeseries(
@@ -445,7 +480,7 @@ def overview():
     return dashboard(
         "gamerelay-overview",
         "gamerelay / Overview",
-        "The fleet at a glance: health, population, throughput, latency, Redis, player experience, limits and authentication, failovers, processes.",
+        "The fleet at a glance: health, population, throughput, latency, Redis, player experience, limits and authentication, game backend, failovers, processes.",
         variables,
         L,
         links,
