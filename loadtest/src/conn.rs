@@ -149,8 +149,14 @@ pub async fn open(target: &Target, room: &str, source: Option<IpAddr>) -> Result
     }
     let tcp = socket.connect(target.addr).await?;
     tcp.set_nodelay(true)?;
-    let sep = if target.url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{sep}room={room}", target.url);
+    // `?room=` lets a load balancer route a room's players together; a `join_or_create`
+    // (no room yet) goes anywhere.
+    let url = if room.is_empty() {
+        target.url.clone()
+    } else {
+        let sep = if target.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}room={room}", target.url)
+    };
     let (ws, _response) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config())).await?;
     Ok(ws)
 }
@@ -166,6 +172,8 @@ pub struct Joined {
 /// Everything a `joined` carries (for scenarios that resume or mirror the room).
 #[derive(Debug)]
 pub struct JoinedFull {
+    /// The room joined (the server's choice with `join_or_create`).
+    pub room: String,
     pub player: String,
     /// The session token, to resume with.
     pub session: String,
@@ -199,8 +207,8 @@ pub async fn hello_join_with(ws: &mut Ws, join: Join) -> Result<JoinedFull, Conn
             continue;
         };
         match decode_server(&frame) {
-            Ok(ServerMsg::Joined { player, session, resumed, cid, members, snapshot, .. }) => {
-                return Ok(JoinedFull { player, session, resumed, cid, members, snapshot })
+            Ok(ServerMsg::Joined { room, player, session, resumed, cid, members, snapshot, .. }) => {
+                return Ok(JoinedFull { room, player, session, resumed, cid, members, snapshot })
             }
             Ok(ServerMsg::Error { code, message, .. }) => return Err(ConnError::Refused { code, message }),
             // Anything else before `joined` is not ours to handle; a frame we cannot decode

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use gamerelay::protocol::Join;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{self, Instant};
@@ -40,6 +41,11 @@ pub struct JoinStormArgs {
     /// Most seconds the storm may take; players not joined by then count as failed.
     #[arg(long, default_value_t = 60.0)]
     pub duration: f64,
+    /// Join with `join_or_create` (the server chooses the rooms, with the seats of its
+    /// --join-or-create-max-players) instead of by room id. The report then also counts the
+    /// rooms the players landed in and the fullest one.
+    #[arg(long)]
+    pub join_or_create: bool,
 }
 
 /// The figures of one join storm (the `--json` line).
@@ -62,6 +68,11 @@ struct JoinStormFigures {
     connect_ms: Option<LatencySummary>,
     /// Start of the storm to `joined` (waiting for a connect slot included).
     time_to_join_ms: Option<LatencySummary>,
+    /// Whether players joined with `join_or_create`.
+    join_or_create: bool,
+    /// Distinct rooms the players landed in, and the most players in one of them.
+    rooms_joined: usize,
+    largest_room: usize,
     /// Deltas received by all players during the storm (arena: each join is a server delta
     /// to every member).
     deliveries: u64,
@@ -87,7 +98,10 @@ struct Shared {
     net: Net,
     layout: common::Layout,
     room_type: RoomType,
+    join_or_create: bool,
     deliveries: AtomicU64,
+    /// Players per room joined.
+    landed: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 pub async fn run(common: &Common, args: &JoinStormArgs, nofile: NofileLimit) -> Result<Report, String> {
@@ -108,7 +122,14 @@ pub async fn run(common: &Common, args: &JoinStormArgs, nofile: NofileLimit) -> 
         common.connect_concurrency,
         net.targets.len()
     );
-    let sh = Arc::new(Shared { net, layout, room_type: args.pop.room_type, deliveries: 0.into() });
+    let sh = Arc::new(Shared {
+        net,
+        layout,
+        room_type: args.pop.room_type,
+        join_or_create: args.join_or_create,
+        deliveries: 0.into(),
+        landed: Default::default(),
+    });
     let rss_baseline = procstat::total_rss_kib(&common.server_pids);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
     let (leave_tx, leave_rx) = watch::channel(false);
@@ -181,6 +202,10 @@ pub async fn run(common: &Common, args: &JoinStormArgs, nofile: NofileLimit) -> 
     validity.check(joined < n, || format!("only {joined} of {n} players joined"));
     validity.check(lost > 0, || format!("{lost} player tasks did not finish"));
     let joins_per_sec = if storm_s > 0.0 { joined as f64 / storm_s } else { 0.0 };
+    let (rooms_joined, largest_room) = {
+        let landed = sh.landed.lock().unwrap_or_else(|p| p.into_inner());
+        (landed.len(), landed.values().copied().max().unwrap_or(0))
+    };
     let valid = validity.is_valid();
     let figures = JoinStormFigures {
         scenario: "join-storm",
@@ -196,6 +221,9 @@ pub async fn run(common: &Common, args: &JoinStormArgs, nofile: NofileLimit) -> 
         latency_ms: join_h.summary(),
         connect_ms: connect_h.summary(),
         time_to_join_ms: total_h.summary(),
+        join_or_create: sh.join_or_create,
+        rooms_joined,
+        largest_room,
         deliveries,
         deliveries_per_sec: if storm_s > 0.0 { (deliveries as f64 / storm_s).round() } else { 0.0 },
         errors: errors.total(),
@@ -216,11 +244,25 @@ fn table(f: &JoinStormFigures) -> Table {
     t.row(
         "workload",
         format!(
-            "join-storm: {} players into {} {} rooms of {}, {} at once",
-            f.connections, f.rooms, f.room_type, f.players, f.concurrency
+            "join-storm: {} players into {} {} rooms of {}, {} at once{}",
+            f.connections,
+            f.rooms,
+            f.room_type,
+            f.players,
+            f.concurrency,
+            if f.join_or_create { " (join_or_create: the server picks the rooms)" } else { "" }
         ),
     )
     .row("joined", format!("{}/{} in {} s: {} joins/s", f.joined, f.connections, f.storm_s, f.joins_per_sec))
+    .row(
+        "rooms joined",
+        format!(
+            "{} (fullest: {} players){}",
+            f.rooms_joined,
+            f.largest_room,
+            if f.join_or_create { ", chosen by join_or_create" } else { "" }
+        ),
+    )
     .row("join latency ms", common::latency_row(f.latency_ms.as_ref()))
     .row("connect ms", common::latency_row(f.connect_ms.as_ref()))
     .row("time to join ms", common::latency_row(f.time_to_join_ms.as_ref()))
@@ -248,15 +290,19 @@ async fn player(
     mut leave: watch::Receiver<bool>,
 ) -> ErrorCounts {
     let mut errors = ErrorCounts::default();
-    let room = sh.net.room(sh.layout.room_of(i));
     let target = sh.net.target(sh.layout.member_of(i));
-    let join = new_join(room, sh.room_type);
+    let join = if sh.join_or_create {
+        Join { join_or_create: true, ..new_join(String::new(), sh.room_type) }
+    } else {
+        new_join(sh.net.room(sh.layout.room_of(i)), sh.room_type)
+    };
     let setup = tokio::select! {
         r = sh.net.connect_join(i, target, join) => r,
         _ = leave.wait_for(|l| *l) => return errors,
     };
     let (mut ws, joined) = match setup {
         Ok((ws, joined, times)) => {
+            *sh.landed.lock().unwrap_or_else(|p| p.into_inner()).entry(joined.room.clone()).or_default() += 1;
             let _ = done.send(Ok(times));
             (ws, joined)
         }
