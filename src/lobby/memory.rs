@@ -1,7 +1,9 @@
 //! The single-node lobby: registered rooms and their seats in this process's memory, under
-//! one mutex (every call is a few map operations; none awaits while holding it).
+//! one mutex. It mirrors the Redis lobby's structure, so every call is a few map operations
+//! (logarithmic in the number of rooms): per room type, the rooms in registration order and
+//! the listed ones believed to have a free seat; reservations in deadline order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -22,10 +24,6 @@ struct Entry {
 }
 
 impl Entry {
-    fn prune(&mut self, now: Instant) {
-        self.seats.retain(|_, deadline| deadline.is_none_or(|d| d > now));
-    }
-
     fn listing(&self, room: &str) -> Listing {
         Listing {
             room: room.to_owned(),
@@ -37,6 +35,18 @@ impl Entry {
             created: self.settings.created,
         }
     }
+
+    fn has_free_seat(&self) -> bool {
+        (self.seats.len() as u32) < self.settings.max_players
+    }
+}
+
+/// The rooms of one type, by registration order.
+#[derive(Debug, Default)]
+struct TypeIndex {
+    all: BTreeMap<u64, String>,
+    /// Listed rooms believed to have a free seat (as the Redis lobby's `avail`).
+    open: BTreeSet<u64>,
 }
 
 /// In-process [`Lobby`]. Room ids are unique across types, as in the registry.
@@ -48,6 +58,9 @@ pub struct MemoryLobby {
 #[derive(Debug, Default)]
 struct State {
     rooms: HashMap<String, Entry>,
+    types: HashMap<String, TypeIndex>,
+    /// Reservations not yet joined: (deadline, room, player).
+    pending: BTreeSet<(Instant, String, String)>,
     next_order: u64,
 }
 
@@ -57,28 +70,67 @@ impl MemoryLobby {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        state.expire(Instant::now());
+        state
     }
 }
 
 impl State {
     fn insert(&mut self, room_type: &str, room: &str, settings: RoomSettings) -> &mut Entry {
         self.next_order += 1;
-        let entry = Entry {
-            room_type: room_type.to_owned(),
-            settings,
-            order: self.next_order,
-            seats: HashMap::new(),
-        };
+        let order = self.next_order;
+        let index = self.types.entry(room_type.to_owned()).or_default();
+        index.all.insert(order, room.to_owned());
+        if !settings.private && settings.max_players > 0 {
+            index.open.insert(order);
+        }
+        let entry = Entry { room_type: room_type.to_owned(), settings, order, seats: HashMap::new() };
         self.rooms.entry(room.to_owned()).insert_entry(entry).into_mut()
     }
 
-    /// Entries of `room_type`, oldest first.
-    fn of_type(&mut self, room_type: &str) -> Vec<(&String, &mut Entry)> {
-        let mut entries: Vec<(&String, &mut Entry)> =
-            self.rooms.iter_mut().filter(|(_, e)| e.room_type == room_type).collect();
-        entries.sort_by_key(|(_, e)| e.order);
-        entries
+    /// Drops reservations past their deadline and reopens their rooms.
+    fn expire(&mut self, now: Instant) {
+        while let Some(first) = self.pending.first() {
+            if first.0 > now {
+                break;
+            }
+            let Some((deadline, room, player)) = self.pending.pop_first() else { break };
+            if let Some(entry) = self.rooms.get_mut(&room) {
+                if entry.seats.get(&player) == Some(&Some(deadline)) {
+                    entry.seats.remove(&player);
+                    self.reopen(&room);
+                }
+            }
+        }
+    }
+
+    /// Marks a listed room with a free seat as open again.
+    fn reopen(&mut self, room: &str) {
+        let Some(entry) = self.rooms.get(room) else { return };
+        if !entry.settings.private && entry.has_free_seat() {
+            if let Some(index) = self.types.get_mut(&entry.room_type) {
+                index.open.insert(entry.order);
+            }
+        }
+    }
+
+    fn close_if_full(&mut self, room: &str) {
+        let Some(entry) = self.rooms.get(room) else { return };
+        if !entry.has_free_seat() {
+            if let Some(index) = self.types.get_mut(&entry.room_type) {
+                index.open.remove(&entry.order);
+            }
+        }
+    }
+
+    fn reserve_in(&mut self, room: &str, player: &str, now: Instant) {
+        let deadline = now + RESERVATION;
+        if let Some(entry) = self.rooms.get_mut(room) {
+            entry.seats.insert(player.to_owned(), Some(deadline));
+            self.pending.insert((deadline, room.to_owned(), player.to_owned()));
+        }
+        self.close_if_full(room);
     }
 }
 
@@ -101,19 +153,27 @@ impl Lobby for MemoryLobby {
         max_players: u32,
     ) -> Result<String, LobbyError> {
         let now = Instant::now();
-        let deadline = Some(now + RESERVATION);
         let mut state = self.state();
-        for (room, entry) in state.of_type(room_type) {
-            if entry.settings.private {
-                continue;
-            }
-            entry.prune(now);
-            if entry.seats.contains_key(player) {
-                return Ok(room.clone());
-            }
-            if (entry.seats.len() as u32) < entry.settings.max_players {
-                entry.seats.insert(player.to_owned(), deadline);
-                return Ok(room.clone());
+        // The oldest open room first; rooms found full leave the open set on the way.
+        loop {
+            let oldest = state.types.get(room_type).and_then(|index| {
+                let order = *index.open.first()?;
+                Some((order, index.all.get(&order).cloned()))
+            });
+            let Some((order, room)) = oldest else { break };
+            match room.as_ref().and_then(|r| state.rooms.get(r)) {
+                Some(entry) if entry.seats.contains_key(player) || entry.has_free_seat() => {
+                    let room = room.unwrap_or_default();
+                    if !entry.seats.contains_key(player) {
+                        state.reserve_in(&room, player, now);
+                    }
+                    return Ok(room);
+                }
+                _ => {
+                    if let Some(index) = state.types.get_mut(room_type) {
+                        index.open.remove(&order);
+                    }
+                }
             }
         }
         let settings = RoomSettings {
@@ -122,43 +182,52 @@ impl Lobby for MemoryLobby {
             metadata: Doc::map(),
             created: crate::session::unix_ms(),
         };
-        state.insert(room_type, new_room, settings).seats.insert(player.to_owned(), deadline);
+        state.insert(room_type, new_room, settings);
+        state.reserve_in(new_room, player, now);
         Ok(new_room.to_owned())
     }
 
     async fn take_seat(&self, _room_type: &str, room: &str, player: &str) -> Result<Seat, LobbyError> {
         let mut state = self.state();
         let Some(entry) = state.rooms.get_mut(room) else { return Ok(Seat::Unregistered) };
-        entry.prune(Instant::now());
         if let Some(seat) = entry.seats.get_mut(player) {
-            *seat = None;
+            if let Some(deadline) = seat.take() {
+                state.pending.remove(&(deadline, room.to_owned(), player.to_owned()));
+            }
             return Ok(Seat::Taken);
         }
-        if entry.seats.len() as u32 >= entry.settings.max_players {
+        if !entry.has_free_seat() {
             return Ok(Seat::Full);
         }
         entry.seats.insert(player.to_owned(), None);
+        state.close_if_full(room);
         Ok(Seat::Taken)
     }
 
     async fn free_seat(&self, _room_type: &str, room: &str, player: &str) -> Result<(), LobbyError> {
-        if let Some(entry) = self.state().rooms.get_mut(room) {
-            entry.seats.remove(player);
+        let mut state = self.state();
+        let Some(entry) = state.rooms.get_mut(room) else { return Ok(()) };
+        if let Some(Some(deadline)) = entry.seats.remove(player) {
+            state.pending.remove(&(deadline, room.to_owned(), player.to_owned()));
         }
+        state.reopen(room);
         Ok(())
     }
 
     async fn remove(&self, _room_type: &str, room: &str) -> Result<(), LobbyError> {
-        self.state().rooms.remove(room);
+        let mut state = self.state();
+        if let Some(entry) = state.rooms.remove(room) {
+            if let Some(index) = state.types.get_mut(&entry.room_type) {
+                index.all.remove(&entry.order);
+                index.open.remove(&entry.order);
+            }
+            // Its reservations expire harmlessly: their room is gone.
+        }
         Ok(())
     }
 
     async fn get(&self, _room_type: &str, room: &str) -> Result<Option<Listing>, LobbyError> {
-        let mut state = self.state();
-        Ok(state.rooms.get_mut(room).map(|e| {
-            e.prune(Instant::now());
-            e.listing(room)
-        }))
+        Ok(self.state().rooms.get(room).map(|e| e.listing(room)))
     }
 
     async fn list(
@@ -167,17 +236,15 @@ impl Lobby for MemoryLobby {
         include_private: bool,
         limit: usize,
     ) -> Result<Vec<Listing>, LobbyError> {
-        let now = Instant::now();
-        let mut state = self.state();
-        Ok(state
-            .of_type(room_type)
-            .into_iter()
+        let state = self.state();
+        let Some(index) = state.types.get(room_type) else { return Ok(Vec::new()) };
+        Ok(index
+            .all
+            .values()
+            .filter_map(|room| state.rooms.get(room).map(|e| (room, e)))
             .filter(|(_, e)| include_private || !e.settings.private)
             .take(limit)
-            .map(|(room, e)| {
-                e.prune(now);
-                e.listing(room)
-            })
+            .map(|(room, e)| e.listing(room))
             .collect())
     }
 }
@@ -218,5 +285,26 @@ mod tests {
         assert_eq!(lobby.list("arena", true, 10).await.unwrap().len(), 2);
         lobby.remove("arena", "vip").await.unwrap();
         assert_eq!(lobby.get("arena", "vip").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_joined_seat_stays_and_a_full_room_reopens_when_a_seat_frees() {
+        let lobby = MemoryLobby::new();
+        assert_eq!(lobby.reserve("doc", "a", "r1", 2).await.unwrap(), "r1");
+        assert_eq!(
+            lobby.take_seat("doc", "r1", "a").await.unwrap(),
+            Seat::Taken,
+            "the reservation is confirmed"
+        );
+        assert_eq!(lobby.take_seat("doc", "r1", "b").await.unwrap(), Seat::Taken);
+        // Full: the next player gets a new room.
+        assert_eq!(lobby.reserve("doc", "c", "r2", 2).await.unwrap(), "r2");
+        lobby.free_seat("doc", "r1", "b").await.unwrap();
+        assert_eq!(
+            lobby.reserve("doc", "d", "r3", 2).await.unwrap(),
+            "r1",
+            "r1 reopened and is older than r2"
+        );
+        assert_eq!(lobby.get("doc", "r1").await.unwrap().map(|l| l.members), Some(2));
     }
 }
