@@ -104,6 +104,21 @@ struct Inner {
     next_admin: std::sync::atomic::AtomicU64,
 }
 
+/// Why an admin command sent to another node got no reply.
+#[derive(Debug)]
+pub enum RemoteFailure {
+    /// It was surely not carried out: not published, or the node does not own the room.
+    NotOwner(Refusal),
+    /// The owner refused it.
+    Refused(Refusal),
+    /// No answer in time: it may or may not have been carried out.
+    NoAnswer(Refusal),
+}
+
+/// The refusal message of an owner that got an admin command for a room it does not own
+/// (any more): the command was not carried out.
+const NOT_OWNED_HERE: &str = "the room is not owned here (any more); retry";
+
 /// Inbox probes (one per sixth of the lease TTL) that may go unheard in a row before the
 /// pub/sub link is made anew: two lease TTLs, far above any scheduling delay of a loaded
 /// node, so a busy node does not drop its followers for nothing.
@@ -626,35 +641,37 @@ impl Relay {
                 let relay = self.clone();
                 let handle = registry.local(&room);
                 tokio::spawn(async move {
-                    let outcome = match handle {
+                    let not_owned = || unavailable(NOT_OWNED_HERE);
+                    let outcome: Result<AdminReply, Refusal> = match handle {
+                        None => Err(not_owned()),
                         Some(handle) => {
                             let (reply, answer) = oneshot::channel();
-                            if handle.tx.send(RoomCmd::Admin { cmd, reply }).await.is_ok() {
-                                answer.await.ok()
+                            if handle.tx.send(RoomCmd::Admin { cmd, reply }).await.is_err() {
+                                Err(not_owned())
                             } else {
-                                None
+                                match answer.await {
+                                    Ok(Ok(reply)) => Ok(reply),
+                                    Ok(Err(JoinFailure::Refused(refusal))) => Err(refusal),
+                                    Ok(Err(JoinFailure::RoomClosed)) => Err(not_owned()),
+                                    Err(_) => Err(unavailable(
+                                        "the room stopped while carrying out the command: its outcome is unknown",
+                                    )),
+                                }
                             }
                         }
-                        None => None,
                     };
                     let msg = match outcome {
-                        Some(Ok(reply)) => NodeMsg::AdminReply {
+                        Ok(reply) => NodeMsg::AdminReply {
                             id,
                             reply: Some(reply),
                             code: String::new(),
                             message: String::new(),
                         },
-                        Some(Err(JoinFailure::Refused(refusal))) => NodeMsg::AdminReply {
+                        Err(refusal) => NodeMsg::AdminReply {
                             id,
                             reply: None,
                             code: refusal.code.as_str().to_owned(),
                             message: refusal.message,
-                        },
-                        Some(Err(JoinFailure::RoomClosed)) | None => NodeMsg::AdminReply {
-                            id,
-                            reply: None,
-                            code: ErrorCode::Unavailable.as_str().to_owned(),
-                            message: "the room is not owned here (any more); retry".to_owned(),
                         },
                     };
                     let _ = relay.send(&from, &msg).await;
@@ -673,21 +690,31 @@ impl Relay {
         }
     }
 
-    /// Sends a command of the game backend to `room`'s owner and waits for its answer
-    /// (`unavailable` when the owner does not answer within the join timeout).
-    pub async fn admin_remote(&self, owner: &str, room: &str, cmd: AdminCmd) -> Result<AdminReply, Refusal> {
+    /// Sends a command of the game backend to `room`'s owner and waits for its answer, up
+    /// to the join timeout.
+    pub async fn admin_remote(
+        &self,
+        owner: &str,
+        room: &str,
+        cmd: AdminCmd,
+    ) -> Result<AdminReply, RemoteFailure> {
         let id = self.inner.next_admin.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.inner.admin_waiting.insert(id, tx);
         let msg = NodeMsg::Admin { id, from: self.inner.incarnation.to_string(), room: room.to_owned(), cmd };
         let outcome = match self.send(owner, &msg).await {
+            // Not published: the owner never saw it.
+            Err(e) => Err(RemoteFailure::NotOwner(e)),
             Ok(()) => match tokio::time::timeout(self.inner.join_timeout, rx).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(_)) | Err(_) => {
-                    Err(unavailable(format!("the room's owner {owner} did not answer; retry")))
+                Ok(Ok(Ok(reply))) => Ok(reply),
+                Ok(Ok(Err(refusal))) if refusal.message == NOT_OWNED_HERE => {
+                    Err(RemoteFailure::NotOwner(refusal))
                 }
+                Ok(Ok(Err(refusal))) => Err(RemoteFailure::Refused(refusal)),
+                Ok(Err(_)) | Err(_) => Err(RemoteFailure::NoAnswer(unavailable(format!(
+                    "the room's owner {owner} did not answer in time"
+                )))),
             },
-            Err(e) => Err(e),
         };
         self.inner.admin_waiting.remove(&id);
         outcome

@@ -24,6 +24,14 @@ pub enum AdminCmd {
     Message { to: Option<String>, data: Doc },
 }
 
+impl AdminCmd {
+    /// Whether carrying it out twice is harmless (so it may be sent again when its answer
+    /// was lost).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, AdminCmd::Inspect { .. })
+    }
+}
+
 /// The room's answer to an [`AdminCmd`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]

@@ -21,7 +21,7 @@ use super::admin::{AdminCmd, AdminError, AdminReply};
 use super::txn::Refusal;
 use super::types;
 use crate::backplane::BackplaneError;
-use crate::cluster::relay::Relay;
+use crate::cluster::relay::{Relay, RemoteFailure};
 use crate::config::is_id_byte;
 use crate::protocol::ErrorCode;
 use crate::telemetry::names;
@@ -146,6 +146,9 @@ impl Registry {
     pub async fn admin(&self, room_id: &str, cmd: AdminCmd) -> Result<AdminReply, AdminError> {
         validate_room_id(room_id).map_err(AdminError::Refused)?;
         let mut last = Refusal::new(ErrorCode::Unavailable, "the room's owner kept changing; retry");
+        // A command is sent again only when it surely was not carried out (the room had
+        // closed, or its owner said it does not own it), or when it only reads: a write whose
+        // answer was lost must not be applied twice.
         for _ in 0..JOIN_ATTEMPTS {
             if let Some(handle) = self.local(room_id) {
                 let (reply, answer) = oneshot::channel();
@@ -155,16 +158,17 @@ impl Registry {
                 }
                 match answer.await {
                     Ok(Ok(reply)) => return Ok(reply),
-                    // The room could not start here (another node claimed it first).
-                    Ok(Err(JoinFailure::Refused(refusal))) if refusal.code == ErrorCode::Unavailable => {
-                        last = refusal;
-                        continue;
-                    }
                     Ok(Err(JoinFailure::Refused(refusal))) => return Err(AdminError::Refused(refusal)),
-                    Ok(Err(JoinFailure::RoomClosed)) | Err(_) => {
+                    // Closing: the command was not handled; the room may live elsewhere now.
+                    Ok(Err(JoinFailure::RoomClosed)) => {
                         self.forget(room_id, handle.generation);
                         continue;
                     }
+                    Err(_) if cmd.is_read_only() => {
+                        self.forget(room_id, handle.generation);
+                        continue;
+                    }
+                    Err(_) => return Err(AdminError::Refused(outcome_unknown())),
                 }
             }
             let Some(relay) = &self.inner.relay else { return Err(AdminError::NotLive) };
@@ -172,8 +176,12 @@ impl Registry {
                 Some(owner) if owner != **relay.incarnation() => {
                     match relay.admin_remote(&owner, room_id, cmd.clone()).await {
                         Ok(reply) => return Ok(reply),
-                        Err(refusal) if refusal.code == ErrorCode::Unavailable => last = refusal,
-                        Err(refusal) => return Err(AdminError::Refused(refusal)),
+                        Err(RemoteFailure::NotOwner(refusal)) => last = refusal,
+                        Err(RemoteFailure::NoAnswer(refusal)) if cmd.is_read_only() => last = refusal,
+                        Err(RemoteFailure::NoAnswer(_)) => {
+                            return Err(AdminError::Refused(outcome_unknown()))
+                        }
+                        Err(RemoteFailure::Refused(refusal)) => return Err(AdminError::Refused(refusal)),
                     }
                 }
                 _ => return Err(AdminError::NotLive),
@@ -356,6 +364,14 @@ impl Registry {
     fn forget(&self, id: &str, generation: u64) {
         self.inner.rooms.remove_if(id, |_, h| h.generation == generation);
     }
+}
+
+/// The refusal of a command whose answer was lost: it may or may not have been carried out.
+fn outcome_unknown() -> Refusal {
+    Refusal::new(
+        ErrorCode::Unavailable,
+        "the room's owner did not answer in time: the command may or may not have been carried out; read the room",
+    )
 }
 
 /// Checks a room id: 1-128 bytes of `[A-Za-z0-9_.:-]`.
