@@ -280,14 +280,37 @@ struct PublicListQuery {
     room_type: String,
 }
 
-/// `GET /rooms?type=T`: listed rooms (never private ones), as `list_rooms` answers.
+/// `GET /rooms?type=T`: listed rooms (never private ones), as `list_rooms` answers. Browser
+/// pages of other origins may read it (CORS): any origin, or those of --allowed-origin.
 async fn list_public(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     query: Result<Query<PublicListQuery>, QueryRejection>,
-) -> ApiResult<Response> {
-    let Query(q) = query?;
-    let rooms = crate::session::list_rooms(&node, &q.room_type).await?;
-    Ok(Json(json!({ "type": q.room_type, "rooms": rooms })).into_response())
+) -> Response {
+    let cors = cors_origin(&node.config.allowed_origins, &headers);
+    let mut answer = match query {
+        Err(e) => ApiError::from(e).into_response(),
+        Ok(Query(q)) => match crate::session::list_rooms(&node, &q.room_type).await {
+            Ok(rooms) => Json(json!({ "type": q.room_type, "rooms": rooms })).into_response(),
+            Err(refusal) => ApiError::from(refusal).into_response(),
+        },
+    };
+    if let Some(origin) = cors {
+        answer.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        answer.headers_mut().insert(header::VARY, header::HeaderValue::from_static("Origin"));
+    }
+    answer
+}
+
+/// The `Access-Control-Allow-Origin` of a public listing: `*` without an allow-list, else
+/// the request's `Origin` when it is on the list (none otherwise).
+fn cors_origin(allowed: &[String], headers: &HeaderMap) -> Option<header::HeaderValue> {
+    if allowed.is_empty() {
+        return Some(header::HeaderValue::from_static("*"));
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(text)).then(|| origin.clone())
 }
 
 fn known_type(room_type: &str) -> ApiResult<()> {
@@ -474,6 +497,21 @@ mod tests {
         for route in ROUTES {
             assert!(prose.contains(route), "docs/ADMIN.md does not mention {route}");
         }
+    }
+
+    #[test]
+    fn the_public_listing_is_readable_cross_origin_within_the_allow_list() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(cors_origin(&[], &headers).as_ref().map(|v| v.as_bytes()), Some(&b"*"[..]));
+        let allowed = vec!["https://game.example".to_owned()];
+        assert_eq!(cors_origin(&allowed, &headers), None, "no Origin: not a cross-origin read");
+        headers.insert(header::ORIGIN, header::HeaderValue::from_static("https://evil.example"));
+        assert_eq!(cors_origin(&allowed, &headers), None);
+        headers.insert(header::ORIGIN, header::HeaderValue::from_static("https://game.example"));
+        assert_eq!(
+            cors_origin(&allowed, &headers).as_ref().map(|v| v.as_bytes()),
+            Some(&b"https://game.example"[..])
+        );
     }
 
     #[test]
