@@ -274,6 +274,12 @@ async fn haproxy_routes_rooms_consistently_and_hides_operator_endpoints() {
         assert_eq!(http_status(public, path).await, Some(403), "public {path}");
     }
     assert_eq!(http_status(public, "/anything").await, Some(404));
+    // The public room listing goes through (to any node).
+    let listing = support::cluster::http_get(public, "/rooms?type=doc").await;
+    assert!(
+        listing.as_ref().is_some_and(|(code, body)| *code == 200 && body.contains("\"rooms\"")),
+        "{listing:?}"
+    );
     assert_eq!(http_status(hap.ops_port(), "/metrics").await, Some(200));
 
     // Players of one room land on one node.
