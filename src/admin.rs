@@ -179,14 +179,23 @@ async fn answer(node: &Node, view: RoomView) -> ApiResult<RoomAnswer> {
     Ok(RoomAnswer { view, listing })
 }
 
+/// Sends a command to `room` wherever it is owned; a room no node owns is a 404 naming it.
+async fn command(node: &Node, room: &str, cmd: AdminCmd) -> ApiResult<AdminReply> {
+    match node.registry.admin(room, cmd).await {
+        Err(AdminError::NotLive) => Err(ApiError::not_live(room)),
+        other => Ok(other?),
+    }
+}
+
+/// A room answered with another kind of reply than its command asks for (a bug).
+fn unexpected(reply: AdminReply) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected answer {reply:?}"))
+}
+
 fn expect_room(reply: AdminReply) -> ApiResult<RoomView> {
     match reply {
         AdminReply::Room(view) => Ok(view),
-        other => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("unexpected answer {other:?}"),
-        )),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -337,10 +346,7 @@ async fn inspect(
     query: Result<Query<InspectQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = query?;
-    let view = match node.registry.admin(&room, AdminCmd::Inspect { state: q.state }).await {
-        Err(AdminError::NotLive) => return Err(ApiError::not_live(&room)),
-        other => expect_room(other?)?,
-    };
+    let view = expect_room(command(&node, &room, AdminCmd::Inspect { state: q.state }).await?)?;
     Ok(Json(answer(&node, view).await?).into_response())
 }
 
@@ -357,11 +363,8 @@ async fn close(
 ) -> ApiResult<Response> {
     let Query(q) = query?;
     let reason = checked_reason(q.reason)?;
-    match node.registry.admin(&room, AdminCmd::Close { reason }).await {
-        Ok(_) => Ok(Json(json!({ "room": room, "closed": true })).into_response()),
-        Err(AdminError::NotLive) => Err(ApiError::not_live(&room)),
-        Err(e) => Err(e.into()),
-    }
+    command(&node, &room, AdminCmd::Close { reason }).await?;
+    Ok(Json(json!({ "room": room, "closed": true })).into_response())
 }
 
 /// Longest close or kick reason, in bytes (a WebSocket close reason is at most 123 bytes,
@@ -393,17 +396,11 @@ async fn write(
     body: Result<Json<WriteOps>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(req) = body?;
-    match node.registry.admin(&room, AdminCmd::Write { ops: req.ops }).await {
-        Ok(AdminReply::Written { epoch, seq }) => {
+    match command(&node, &room, AdminCmd::Write { ops: req.ops }).await? {
+        AdminReply::Written { epoch, seq } => {
             Ok(Json(json!({ "room": room, "epoch": epoch, "seq": seq })).into_response())
         }
-        Ok(other) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("unexpected answer {other:?}"),
-        )),
-        Err(AdminError::NotLive) => Err(ApiError::not_live(&room)),
-        Err(e) => Err(e.into()),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -423,11 +420,8 @@ async fn kick(
     let Json(req) = body?;
     let reason = checked_reason(req.reason)?;
     let player = req.player;
-    match node.registry.admin(&room, AdminCmd::Kick { player: player.clone(), reason }).await {
-        Ok(_) => Ok(Json(json!({ "room": room, "player": player, "kicked": true })).into_response()),
-        Err(AdminError::NotLive) => Err(ApiError::not_live(&room)),
-        Err(e) => Err(e.into()),
-    }
+    command(&node, &room, AdminCmd::Kick { player: player.clone(), reason }).await?;
+    Ok(Json(json!({ "room": room, "player": player, "kicked": true })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -451,17 +445,11 @@ async fn message(
             format!("data is larger than --max-frame-bytes ({})", node.config.max_frame_bytes),
         ));
     }
-    match node.registry.admin(&room, AdminCmd::Message { to: req.to, data: req.data }).await {
-        Ok(AdminReply::Sent { delivered }) => {
+    match command(&node, &room, AdminCmd::Message { to: req.to, data: req.data }).await? {
+        AdminReply::Sent { delivered } => {
             Ok(Json(json!({ "room": room, "delivered": delivered })).into_response())
         }
-        Ok(other) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("unexpected answer {other:?}"),
-        )),
-        Err(AdminError::NotLive) => Err(ApiError::not_live(&room)),
-        Err(e) => Err(e.into()),
+        other => Err(unexpected(other)),
     }
 }
 

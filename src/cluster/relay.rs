@@ -96,8 +96,7 @@ struct Inner {
     /// Signalled when a (un)subscription did not answer within `timeout`: the reader
     /// treats the pub/sub link as broken and makes it anew.
     stuck: tokio::sync::Notify,
-    /// Probes published to our own inbox, and the latest one heard (see `probe_inbox`).
-    probe_sent: std::sync::atomic::AtomicU64,
+    /// The latest probe of our own inbox heard (see `probe_inbox`).
     probe_heard: std::sync::atomic::AtomicU64,
     /// Admin commands sent to other nodes, awaiting their `admin_reply`.
     admin_waiting: DashMap<u64, oneshot::Sender<Result<AdminReply, Refusal>>>,
@@ -160,7 +159,6 @@ impl Relay {
                 join_timeout: timeout * 5,
                 alive: AtomicBool::new(true),
                 stuck: tokio::sync::Notify::new(),
-                probe_sent: std::sync::atomic::AtomicU64::new(0),
                 probe_heard: std::sync::atomic::AtomicU64::new(0),
                 admin_waiting: DashMap::new(),
                 next_admin: std::sync::atomic::AtomicU64::new(1),
@@ -741,17 +739,18 @@ impl Relay {
     /// Publishes a probe to this node's own inbox, and makes the pub/sub link anew when
     /// [`PROBE_MISSES`] probes in a row that Redis took were not heard: the inbox
     /// subscription is gone (a Redis Cluster client may not restore a sharded subscription
-    /// after a failover), and with it every command other nodes forward here.
-    async fn probe_inbox(&self) {
+    /// after a failover), and with it every command other nodes forward here. `sent` counts
+    /// the probes Redis took.
+    async fn probe_inbox(&self, sent: &mut u64) {
         if !self.healthy() {
             return;
         }
-        let n = self.inner.probe_sent.load(Ordering::Relaxed) + 1;
+        let n = *sent + 1;
         let me = self.inner.incarnation.to_string();
         if self.send(&me, &NodeMsg::Probe { n }).await.is_err() {
             return; // Redis is unreachable: not a question of the subscription.
         }
-        self.inner.probe_sent.store(n, Ordering::Relaxed);
+        *sent = n;
         let heard = self.inner.probe_heard.load(Ordering::Relaxed);
         if n >= heard + PROBE_MISSES {
             tracing::error!(
@@ -772,12 +771,13 @@ impl Relay {
         // its lease expired (keepalives ride along; the owner waits 3 x ttl before giving up).
         let period = self.inner.lease_ttl / 6;
         let mut failures: HashMap<String, u32> = HashMap::new();
+        let mut probes_sent = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = shutdown.cancelled() => return,
             }
-            self.probe_inbox().await;
+            self.probe_inbox(&mut probes_sent).await;
             let follows: Vec<(String, Arc<Follow>)> =
                 self.inner.follows.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
             for (room, follow) in follows {

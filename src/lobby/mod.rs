@@ -19,6 +19,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -127,6 +128,32 @@ pub trait Lobby: Send + Sync + 'static {
         include_private: bool,
         limit: usize,
     ) -> Result<Vec<Listing>, LobbyError>;
+}
+
+/// Frees a seat in the background (callers do not wait on the store): a failure is logged;
+/// the seat then stays taken until the room ends.
+pub fn free_seat_later(lobby: &Arc<dyn Lobby>, room_type: &str, room: &str, player: &str) {
+    let lobby = lobby.clone();
+    let (room_type, room, player) = (room_type.to_owned(), room.to_owned(), player.to_owned());
+    tokio::spawn(async move {
+        if let Err(e) = lobby.free_seat(&room_type, &room, &player).await {
+            tracing::warn!(%room, %player, error = %e, "could not free a lobby seat");
+        }
+    });
+}
+
+impl From<Listing> for crate::protocol::RoomListing {
+    /// What players see of a listing (`rooms`, `GET /rooms`): not whether it is private.
+    fn from(l: Listing) -> Self {
+        crate::protocol::RoomListing {
+            room: l.room,
+            room_type: l.room_type,
+            members: l.members,
+            max_players: l.max_players,
+            metadata: l.metadata,
+            created: l.created,
+        }
+    }
 }
 
 /// A room id for a room created by `joinOrCreate` or by the admin API without an id:

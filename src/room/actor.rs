@@ -159,6 +159,26 @@ pub enum RoomCmd {
     },
 }
 
+impl RoomCmd {
+    /// Answers a command that waits for an answer (a join, an admin command) with
+    /// `failure`, without carrying it out; the others need none.
+    pub fn refuse(self, failure: JoinFailure) {
+        match self {
+            RoomCmd::Join { reply, .. } => {
+                let _ = reply.send(Err(failure));
+            }
+            RoomCmd::Admin { reply, .. } => {
+                let _ = reply.send(Err(failure));
+            }
+            RoomCmd::Ops { .. }
+            | RoomCmd::Msg { .. }
+            | RoomCmd::Leave { .. }
+            | RoomCmd::Detach { .. }
+            | RoomCmd::Keepalive { .. } => {}
+        }
+    }
+}
+
 /// One player of the room.
 struct Member {
     player: PlayerId,
@@ -434,15 +454,7 @@ impl Room {
         on_dispose();
         rx.close();
         while let Some(cmd) = rx.recv().await {
-            match cmd {
-                RoomCmd::Join { reply, .. } => {
-                    let _ = reply.send(Err(JoinFailure::RoomClosed));
-                }
-                RoomCmd::Admin { reply, .. } => {
-                    let _ = reply.send(Err(JoinFailure::RoomClosed));
-                }
-                _ => {}
-            }
+            cmd.refuse(JoinFailure::RoomClosed);
         }
         self.flush();
         let players = self.members.len();
@@ -727,13 +739,7 @@ impl Room {
         if self.registered == Some(false) {
             return;
         }
-        let (lobby, room_type) = (self.deps.lobby.clone(), self.logic.name());
-        let (room, player) = (self.id.clone(), player.to_owned());
-        tokio::spawn(async move {
-            if let Err(e) = lobby.free_seat(room_type, &room, &player).await {
-                tracing::warn!(%room, %player, error = %e, "could not free a lobby seat");
-            }
-        });
+        crate::lobby::free_seat_later(&self.deps.lobby, self.logic.name(), &self.id, player);
     }
 
     /// Admits a new player: presence to the others, the room type's arrival change staged.

@@ -345,15 +345,7 @@ impl Registry {
                     // Joins already queued learn why (a wrong type, owned elsewhere, ...).
                     rx.close();
                     while let Some(cmd) = rx.recv().await {
-                        match cmd {
-                            RoomCmd::Join { reply, .. } => {
-                                let _ = reply.send(Err(JoinFailure::Refused(refusal.clone())));
-                            }
-                            RoomCmd::Admin { reply, .. } => {
-                                let _ = reply.send(Err(JoinFailure::Refused(refusal.clone())));
-                            }
-                            _ => {}
-                        }
+                        cmd.refuse(JoinFailure::Refused(refusal.clone()));
                     }
                 }
             }

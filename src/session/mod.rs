@@ -476,13 +476,7 @@ impl Session {
 
     /// Gives back a seat reserved by a `join_or_create` whose join did not happen.
     fn free_seat(&self, room_type: &str, room: &str, player: &str) {
-        let lobby = self.node.lobby.clone();
-        let (room_type, room, player) = (room_type.to_owned(), room.to_owned(), player.to_owned());
-        tokio::spawn(async move {
-            if let Err(e) = lobby.free_seat(&room_type, &room, &player).await {
-                tracing::warn!(%room, %player, error = %e, "could not free a lobby seat");
-            }
-        });
+        crate::lobby::free_seat_later(&self.node.lobby, room_type, room, player);
     }
 
     /// Hands a command to the room: into its mailbox when it is owned here (waiting if the
@@ -559,17 +553,7 @@ pub async fn list_rooms(node: &Node, room_type: &str) -> Result<Vec<RoomListing>
         return Err(Refusal::new(ErrorCode::BadRoom, format!("unknown room type {room_type:?}")));
     }
     let listed = node.lobby.list(room_type, false, node.config.list_rooms_limit).await?;
-    Ok(listed
-        .into_iter()
-        .map(|l| RoomListing {
-            room: l.room,
-            room_type: l.room_type,
-            members: l.members,
-            max_players: l.max_players,
-            metadata: l.metadata,
-            created: l.created,
-        })
-        .collect())
+    Ok(listed.into_iter().map(RoomListing::from).collect())
 }
 
 /// Milliseconds since the Unix epoch.
