@@ -500,18 +500,7 @@ async fn http_endpoints_report_health_readiness_and_metrics() {
     let (mut a, _) = Raw::joined(&server, "metrics", "doc").await;
     a.ops(1, vec![set("x", 1)]).await;
     a.until(delta).await;
-    let get = |path: &'static str| {
-        let addr = server.addr;
-        async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            s.write_all(req.as_bytes()).await.expect("write");
-            let mut body = String::new();
-            s.read_to_string(&mut body).await.expect("read");
-            body
-        }
-    };
+    let get = |path: &'static str| server.http_get(path);
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     let ready = get("/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("backplane=embedded"), "{ready}");
@@ -526,18 +515,7 @@ async fn http_endpoints_report_health_readiness_and_metrics() {
 #[tokio::test]
 async fn the_browser_demo_is_served_from_the_binary() {
     let server = TestServer::start(&[]).await;
-    let get = |path: &'static str| {
-        let addr = server.addr;
-        async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            s.write_all(req.as_bytes()).await.expect("write");
-            let mut body = String::new();
-            s.read_to_string(&mut body).await.expect("read");
-            body
-        }
-    };
+    let get = |path: &'static str| server.http_get(path);
     let page = get("/demo").await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.to_ascii_lowercase().contains("content-type: text/html"), "{page}");

@@ -59,6 +59,17 @@ impl TestServer {
         format!("ws://{}/ws", self.addr)
     }
 
+    /// `GET path` over a fresh connection: the whole HTTP answer (status line, headers, body).
+    pub async fn http_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(self.addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.expect("read");
+        answer
+    }
+
     /// Triggers shutdown and waits for the node to stop.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -363,18 +363,7 @@ impl Drop for Proc {
 /// `GET path` on `127.0.0.1:port`: the status code and body, or `None` if the request fails
 /// (refused, timed out, not HTTP).
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let fut = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-        Some((code, body))
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, fut).await.ok().flatten()
+    http_request(port, "GET", path, &[], None).await
 }
 
 /// `method path` on `127.0.0.1:port` with extra headers and an optional JSON body: the
