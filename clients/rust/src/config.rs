@@ -24,6 +24,9 @@ use crate::error::ClientError;
 ///     .with_handshake_timeout(Duration::from_secs(5));
 /// assert_eq!(config.room, "lobby-1");
 /// ```
+/// The default `hello.client`: this crate and its version.
+pub(crate) const CLIENT_NAME: &str = concat!("gamerelay-client-rust/", env!("CARGO_PKG_VERSION"));
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// WebSocket URL of the server's `/ws` endpoint, e.g. `ws://127.0.0.1:8080/ws`.
@@ -73,7 +76,7 @@ impl ClientConfig {
             room_type: room_type.into(),
             join_or_create: false,
             token: None,
-            client_name: concat!("gamerelay-client-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
+            client_name: CLIENT_NAME.to_owned(),
             room_query: true,
             reconnect: ReconnectPolicy::default(),
             handshake_timeout: Duration::from_secs(10),

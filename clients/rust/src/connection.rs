@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
 
-use crate::config::{retry_hint, ClientConfig};
+use crate::config::{retry_hint, ClientConfig, CLIENT_NAME};
 use crate::error::{parse_code, ClientError};
 use crate::event::{Event, EventStream};
 use crate::mirror::{Effect, Mirror};
@@ -162,32 +162,42 @@ async fn handshake(
     }
 }
 
-async fn handshake_inner(url: String, hello: Bytes, join: Bytes) -> Result<Handshake, ClientError> {
-    let transport = |e: tungstenite::Error| ClientError::Connect(Arc::new(e));
-    let (mut ws, _response) = connect_async(url.as_str()).await.map_err(transport)?;
+/// An error of the socket while opening or during a short exchange.
+fn transport(e: tungstenite::Error) -> ClientError {
+    ClientError::Connect(Arc::new(e))
+}
+
+/// Opens `url` and sends `hello` and a request after it, pipelined.
+async fn open_with(url: &str, hello: Bytes, request: Bytes) -> Result<Ws, ClientError> {
+    let (mut ws, _response) = connect_async(url).await.map_err(transport)?;
     ws.feed(Message::Binary(hello)).await.map_err(transport)?;
-    ws.feed(Message::Binary(join)).await.map_err(transport)?;
+    ws.feed(Message::Binary(request)).await.map_err(transport)?;
     ws.flush().await.map_err(transport)?;
-    let mut limits = Limits::default();
+    Ok(ws)
+}
+
+/// The next binary frame of a short exchange; a close is an error, and so is the end of the
+/// connection (`Closed` with no code and the reason `ended`).
+async fn next_binary(ws: &mut Ws, ended: &str) -> Result<Bytes, ClientError> {
     loop {
-        let frame = match ws.next().await {
-            None => {
-                return Err(ClientError::Closed {
-                    code: None,
-                    reason: "connection ended during the handshake".to_owned(),
-                })
-            }
+        match ws.next().await {
+            None => return Err(ClientError::Closed { code: None, reason: ended.to_owned() }),
             Some(Err(e)) => return Err(transport(e)),
-            Some(Ok(frame)) => frame,
-        };
-        let bytes = match frame {
-            Message::Binary(bytes) => bytes,
-            Message::Close(frame) => {
+            Some(Ok(Message::Binary(bytes))) => return Ok(bytes),
+            Some(Ok(Message::Close(frame))) => {
                 let (code, reason) = close_parts(frame);
                 return Err(ClientError::Closed { code, reason });
             }
-            _ => continue,
-        };
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn handshake_inner(url: String, hello: Bytes, join: Bytes) -> Result<Handshake, ClientError> {
+    let mut ws = open_with(&url, hello, join).await?;
+    let mut limits = Limits::default();
+    loop {
+        let bytes = next_binary(&mut ws, "connection ended during the handshake").await?;
         match decode_server(&bytes) {
             Ok(ServerMsg::Welcome { v, max_ops, max_frame, .. }) => {
                 if v != PROTOCOL_VERSION {
@@ -229,32 +239,11 @@ pub async fn list_rooms(
 
 async fn list_rooms_inner(url: &str, room_type: &str) -> Result<Vec<RoomListing>, ClientError> {
     const ID: u64 = 1;
-    let transport = |e: tungstenite::Error| ClientError::Connect(Arc::new(e));
-    let (mut ws, _response) = connect_async(url).await.map_err(transport)?;
-    let hello = encode(&ClientMsg::Hello {
-        v: PROTOCOL_VERSION,
-        client: Some(concat!("gamerelay-client-rust/", env!("CARGO_PKG_VERSION")).to_owned()),
-    });
+    let hello = encode(&ClientMsg::Hello { v: PROTOCOL_VERSION, client: Some(CLIENT_NAME.to_owned()) });
     let list = encode(&ClientMsg::ListRooms { id: ID, room_type: room_type.to_owned() });
-    ws.feed(Message::Binary(hello)).await.map_err(transport)?;
-    ws.feed(Message::Binary(list)).await.map_err(transport)?;
-    ws.flush().await.map_err(transport)?;
+    let mut ws = open_with(url, hello, list).await?;
     loop {
-        let bytes = match ws.next().await {
-            None => {
-                return Err(ClientError::Closed {
-                    code: None,
-                    reason: "connection ended before `rooms`".into(),
-                })
-            }
-            Some(Err(e)) => return Err(transport(e)),
-            Some(Ok(Message::Binary(bytes))) => bytes,
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = close_parts(frame);
-                return Err(ClientError::Closed { code, reason });
-            }
-            Some(Ok(_)) => continue,
-        };
+        let bytes = next_binary(&mut ws, "connection ended before `rooms`").await?;
         match decode_server(&bytes) {
             Ok(ServerMsg::Rooms { id: ID, rooms, .. }) => {
                 let _ = ws.close(None).await;
