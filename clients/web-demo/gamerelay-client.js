@@ -2506,6 +2506,10 @@ function toBytes(data) {
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   return null;
 }
+function closedBefore(ev, fallback) {
+  const code = typeof ev.code === "number" ? ev.code : null;
+  return new ClosedError(code, ev.reason || fallback, code === null || shouldReconnect(code));
+}
 function detach(ws) {
   ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
 }
@@ -2616,11 +2620,7 @@ function listRoomsWs(settings, url, type, timeoutMs) {
         if (m.t === "error") return finish(new ServerError(m.code, m.message));
       }
     };
-    ws.onclose = (ev) => {
-      const code = typeof ev.code === "number" ? ev.code : null;
-      const retry = code === null || shouldReconnect(code);
-      finish(new ClosedError(code, ev.reason || "connection closed before `rooms`", retry));
-    };
+    ws.onclose = (ev) => finish(closedBefore(ev, "connection closed before `rooms`"));
     ws.onerror = () => {
     };
   });
@@ -2964,11 +2964,7 @@ var Room = class extends Emitter {
           }
         }
       };
-      ws.onclose = (ev) => {
-        const code = typeof ev.code === "number" ? ev.code : null;
-        const retry = code === null || shouldReconnect(code);
-        finish(new ClosedError(code, ev.reason || "connection closed during the handshake", retry));
-      };
+      ws.onclose = (ev) => finish(closedBefore(ev, "connection closed during the handshake"));
       ws.onerror = () => {
       };
     });

@@ -200,6 +200,12 @@ function toBytes(data: unknown): Uint8Array | null {
   return null; // a text frame
 }
 
+/** The error of a short exchange (a handshake, a listing) whose socket closed first. */
+function closedBefore(ev: { code: number; reason: string }, fallback: string): ClosedError {
+  const code = typeof ev.code === "number" ? ev.code : null;
+  return new ClosedError(code, ev.reason || fallback, code === null || shouldReconnect(code));
+}
+
 function detach(ws: WebSocketLike): void {
   ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
 }
@@ -325,11 +331,7 @@ function listRoomsWs(settings: Settings, url: string, type: string, timeoutMs: n
         if (m.t === "error") return finish(new ServerError(m.code, m.message));
       }
     };
-    ws.onclose = (ev) => {
-      const code = typeof ev.code === "number" ? ev.code : null;
-      const retry = code === null || shouldReconnect(code);
-      finish(new ClosedError(code, ev.reason || "connection closed before `rooms`", retry));
-    };
+    ws.onclose = (ev) => finish(closedBefore(ev, "connection closed before `rooms`"));
     ws.onerror = () => {
       // `close` follows
     };
@@ -720,11 +722,7 @@ export class Room extends Emitter<RoomEvents> {
           }
         }
       };
-      ws.onclose = (ev) => {
-        const code = typeof ev.code === "number" ? ev.code : null;
-        const retry = code === null || shouldReconnect(code);
-        finish(new ClosedError(code, ev.reason || "connection closed during the handshake", retry));
-      };
+      ws.onclose = (ev) => finish(closedBefore(ev, "connection closed during the handshake"));
       ws.onerror = () => {
         // `close` follows with the details a browser is willing to give
       };
