@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use crate::cluster::wire::NodeMsg;
 use crate::limits::{self, TokenBucket};
+use crate::lobby;
 use crate::protocol::{
     decode_client, encode, ClientMsg, CloseCode, ErrorCode, Join, RoomListing, ServerMsg, PROTOCOL_VERSION,
 };
@@ -431,7 +432,8 @@ impl Session {
                 }
             }
             if claims.as_ref().is_some_and(|c| !c.allows(&join.room)) {
-                self.free_seat(&join.room_type, &join.room, &id);
+                // Give back the seat reserved for a join that does not happen.
+                lobby::free_seat_later(&self.node.lobby, &join.room_type, &join.room, &id);
                 let message = format!("the join token does not allow room {}", join.room);
                 self.error(ErrorCode::Forbidden, message).await;
                 return Flow::Continue;
@@ -452,7 +454,7 @@ impl Session {
             }
             Err(refusal) => {
                 if let (true, Some(id)) = (choosing, &player) {
-                    self.free_seat(&join.room_type, &join.room, id);
+                    lobby::free_seat_later(&self.node.lobby, &join.room_type, &join.room, id);
                 }
                 self.error(refusal.code, refusal.message).await
             }
@@ -466,17 +468,12 @@ impl Session {
         if crate::room::types::static_name(room_type).is_none() {
             return Err(Refusal::new(ErrorCode::BadRoom, format!("unknown room type {room_type:?}")));
         }
-        let new_room = crate::lobby::new_room_id(room_type);
+        let new_room = lobby::new_room_id(room_type);
         let max_players = self.node.config.join_or_create_seats();
         let room = self.node.lobby.reserve(room_type, player, &new_room, max_players).await?;
         let outcome = if room == new_room { "created" } else { "existing" };
         counter!(names::JOIN_OR_CREATE, "outcome" => outcome).increment(1);
         Ok(room)
-    }
-
-    /// Gives back a seat reserved by a `join_or_create` whose join did not happen.
-    fn free_seat(&self, room_type: &str, room: &str, player: &str) {
-        crate::lobby::free_seat_later(&self.node.lobby, room_type, room, player);
     }
 
     /// Hands a command to the room: into its mailbox when it is owned here (waiting if the
